@@ -1,0 +1,39 @@
+"""View-dependent prompts (DreamFusion section 3, SJC appendix): the text follows the camera."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .cameras import Camera, view_label
+from .prior import Prior
+
+log = logging.getLogger(__name__)
+
+VIEWS = ("front", "side", "back", "overhead")
+
+
+class ViewPrompts:
+    """Text embeddings of a prompt for each view, plus the negative (unconditional) embedding."""
+
+    def __init__(self, prior: Prior, prompt: str, negative: str = "", view_dependent: bool = True):
+        self.prior = prior
+        self.prompt = prompt
+        self.view_dependent = view_dependent
+        for text in (prompt, negative):
+            count = prior.prompt_token_count(text)
+            if count > prior.max_prompt_tokens:
+                log.warning("prompt %r has %d tokens; the prior's tokenizer takes %d, the rest is dropped",
+                            text, count, prior.max_prompt_tokens)
+        template = prior.metadata.view_prompt
+        self.texts = {view: template.format(prompt=prompt, view=view) if view_dependent else prompt
+                      for view in VIEWS}
+        embeddings = prior.encode_prompts([self.texts[v] for v in VIEWS] + [negative])
+        self.conditional = dict(zip(VIEWS, embeddings[:-1]))
+        self.unconditional = embeddings[-1]
+
+    def for_camera(self, camera: Camera) -> torch.Tensor:
+        view = view_label(camera.azimuth_deg, camera.elevation_deg,
+                          self.prior.metadata.camera.overhead_elevation_deg)
+        return self.conditional[view]

@@ -1,0 +1,83 @@
+"""A tiny, randomly initialised Stable-Diffusion-layout prior, built in memory.
+
+For tests and for pipeline users who want to exercise the engine or the server in seconds without
+any weights on disk. Its images are noise; what it proves is that the plumbing works.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cameras import CameraConvention
+from .prior import Prior, PriorMetadata
+
+TINY_VOCABULARY = ["a", "an", "of", "red", "green", "blue", "yellow", "cube", "sphere", "chair", "house",
+                   "front", "side", "back", "overhead", "view", ",", "photo", "ugly", "blurry"]
+
+
+def tiny_tokenizer(max_length: int = 12):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+    vocab = {token: i for i, token in enumerate(specials + TINY_VOCABULARY)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                     pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]", model_max_length=max_length)
+
+
+def tiny_components(prediction_type: str = "epsilon", seed: int = 0, latent_size: int = 8):
+    """(unet, vae, text_encoder, tokenizer, scheduler): about 0.3M parameters in all."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3))
+    unet = UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+        attention_head_dim=4, norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=latent_size * 2)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, prediction_type=prediction_type)
+    return unet, vae, text_encoder, tokenizer, scheduler
+
+
+def tiny_metadata(latent_size: int = 8) -> PriorMetadata:
+    return PriorMetadata(
+        name="tiny-random", image_size=latent_size * 2, latent_size=latent_size,
+        camera=CameraConvention(distance=(2.0, 2.2), fov_y_deg=(40.0, 45.0), elevation_deg=(0.0, 45.0),
+                                overhead_elevation_deg=40.0),
+        scene_bound=0.75, background_rgb=(1.0, 1.0, 1.0))
+
+
+def tiny_prior(prediction_type: str = "epsilon", seed: int = 0, device: str = "cpu") -> Prior:
+    return Prior(*tiny_components(prediction_type, seed), metadata=tiny_metadata(), device=device)
+
+
+def save_tiny_prior(folder, prediction_type: str = "epsilon", seed: int = 0, with_metadata: bool = True):
+    """Write the tiny prior as a diffusers folder, so tests can take the on-disk loading path."""
+    import json
+    from pathlib import Path
+
+    from .prior import METADATA_FILE
+
+    folder = Path(folder)
+    unet, vae, text_encoder, tokenizer, scheduler = tiny_components(prediction_type, seed)
+    for name, part in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder),
+                       ("tokenizer", tokenizer), ("scheduler", scheduler)):
+        part.save_pretrained(folder / name)
+    if with_metadata:
+        (folder / METADATA_FILE).write_text(json.dumps(tiny_metadata().to_dict(), indent=2))
+    return folder
