@@ -7,9 +7,11 @@ import logging
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .guidance import METHODS
+from .tasks.generate import PRESETS
 
 DEVICES = ("cpu", "cuda")
 
@@ -30,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "a _preview.png go beside it")
     generate.add_argument("--model", help="diffusers Stable Diffusion folder or cached Hugging Face id "
                           "(default: the embedded Primitive World prior)")
-    generate.add_argument("--steps", type=int, help="optimisation steps (default 600)")
+    generate.add_argument("--preset", default="standard", help="draft, standard or high (default standard)")
+    generate.add_argument("--steps", type=int, help="optimisation steps (default: the preset's)")
     generate.add_argument("--seed", type=int, default=0, help="random seed; same seed, same asset (default 0)")
     generate.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 100)")
     generate.add_argument("--negative", default="", help="negative prompt")
@@ -49,8 +52,13 @@ def _check_output(parser: argparse.ArgumentParser, output: str) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         parser.error(f"cannot write {output!r}: the folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        parser.error(f"cannot write {output!r}: permission denied")
+    try:  # actually try: permission bits say nothing for root, read-only mounts or /proc
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dreamsmith-write-test-"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError
+    except OSError as error:
+        parser.error(f"cannot write {output!r}: {error.strerror or 'permission denied'}")
     return path
 
 
@@ -64,6 +72,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--steps must be a positive number of steps, got {args.steps}")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance > 0):
         parser.error(f"--guidance must be a positive number, got {args.guidance}")
+    if args.preset not in PRESETS:
+        parser.error(f"unknown --preset {args.preset!r}; use {', '.join(PRESETS)}")
     if args.method not in METHODS:
         parser.error(f"unknown --method {args.method!r}; use {' or '.join(METHODS)}")
     if args.device not in DEVICES:
@@ -79,15 +89,14 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     from .outputs import write_outputs
     from .prior import PriorError, load_prior
     from .progress import Progress
-    from .tasks.generate import GenerateConfig, generate
+    from .tasks.generate import generate, preset_config
 
     try:
         prior = load_prior(args.model, device=args.device)
     except PriorError as error:
         parser.error(str(error))
-    config = GenerateConfig(seed=args.seed, negative_prompt=args.negative)
-    if args.steps is not None:
-        config.steps = args.steps
+    config = preset_config(args.preset, seed=args.seed, negative_prompt=args.negative,
+                           **({"steps": args.steps} if args.steps is not None else {}))
     config.guidance.method = args.method
     if args.guidance is not None:
         config.guidance.guidance_scale = args.guidance

@@ -13,12 +13,12 @@ from ..cameras import Camera
 from ..colour import backproject, decode_views, view_fidelity
 from ..export import TexturedMesh, bake_texture, extract_mesh, unwrap
 from ..field import EnvironmentBackground, VoxelField
-from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
+from ..guidance import GuidanceConfig, GuidanceStep, ScoreDistillation, surrogate_loss
 from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
 from ..regularizers import center_depth_loss, emptiness_loss, emptiness_weight, opacity_entropy
-from ..renderer import render
+from ..renderer import RenderOutput, render
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,20 @@ class GenerateConfig:
             raise ValueError("texture_size must be at least 512")
 
 
+# Named trade-offs between time and quality; "standard" is GenerateConfig's defaults.
+PRESETS = {
+    "draft": dict(steps=150, grid_resolution=48, mesh_resolution=64, texture_size=512, colour_view_azimuths=4),
+    "standard": {},
+    "high": dict(steps=1500, grid_resolution=96, mesh_resolution=160, texture_size=2048),
+}
+
+
+def preset_config(preset: str = "standard", **overrides) -> GenerateConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    return GenerateConfig(**{**PRESETS[preset], **overrides})
+
+
 @dataclass
 class GenerateResult:
     mesh: TexturedMesh
@@ -89,46 +103,58 @@ def colour_cameras(prior: Prior, azimuths: int, rig: list[Camera] = ()) -> list[
     return list(rig) + ring
 
 
-def optimise_field(prompt: str, prior: Prior, config: GenerateConfig, generator: torch.Generator,
-                   on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None):
-    """The SDS / SJC loop. Returns the field, its background and the last loss."""
-    meta = prior.metadata
-    size = meta.latent_size
-    field_ = VoxelField(config.grid_resolution, prior.latent_channels, meta.scene_bound,
-                        config.blob_strength, config.blob_radius).to(prior.device)
-    background = _background(prior)
-    prompts = ViewPrompts(prior, prompt, config.negative_prompt, config.view_dependent_prompts)
-    guidance = ScoreDistillation(prior, config.guidance)
-    optimiser = torch.optim.Adam([field_.grid, background.image], lr=config.learning_rate, betas=(0.9, 0.99),
-                                 fused=True)  # one kernel: the optimiser step is a fraction of a ms
-    switch = int(config.emptiness_switch * config.steps)
-    preview_every = config.preview_every or max(1, config.steps // 20)
-    loss_value = float("nan")
+class FieldOptimisation:
+    """One score-distillation run on a fresh field: ``step()`` is one SDS/SJC iteration."""
 
-    for step in range(config.steps):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
+    def __init__(self, prompt: str, prior: Prior, config: GenerateConfig, generator: torch.Generator):
+        meta = prior.metadata
+        self.prior, self.config, self.generator = prior, config, generator
+        self.field = VoxelField(config.grid_resolution, prior.latent_channels, meta.scene_bound,
+                                config.blob_strength, config.blob_radius).to(prior.device)
+        self.background = _background(prior)
+        self.prompts = ViewPrompts(prior, prompt, config.negative_prompt, config.view_dependent_prompts)
+        self.guidance = ScoreDistillation(prior, config.guidance)
+        self.optimiser = torch.optim.Adam([self.field.grid, self.background.image], lr=config.learning_rate,
+                                          betas=(0.9, 0.99), fused=True)  # one kernel, a fraction of a ms
+        self.emptiness_switch = int(config.emptiness_switch * config.steps)
+        self.final_loss = float("nan")
+
+    def step(self, step: int) -> tuple[RenderOutput, GuidanceStep]:
+        config, size = self.config, self.prior.metadata.latent_size
         progress = step / max(config.steps - 1, 1)
-        camera = meta.camera.sample(generator)
-        out = render(field_, camera, size, size, config.samples_per_ray, background, generator)
+        camera = self.prior.metadata.camera.sample(self.generator)
+        out = render(self.field, camera, size, size, config.samples_per_ray, self.background, self.generator)
         latents = out.features[None]
-        score = guidance.step(latents, prompts.for_camera(camera), prompts.unconditional, progress, generator)
-        loss = surrogate_loss(latents, score.gradient)
-        regular = emptiness_weight(step, switch, config.emptiness_early, config.emptiness_late) \
+        score = self.guidance.step(latents, self.prompts.for_camera(camera), self.prompts.unconditional,
+                                   progress, self.generator)
+        regular = emptiness_weight(step, self.emptiness_switch, config.emptiness_early, config.emptiness_late) \
             * emptiness_loss(out.weights, config.emptiness_beta)
         regular = regular + config.entropy_weight * progress * opacity_entropy(out.opacity)
         if config.center_depth_weight:
             regular = regular + config.center_depth_weight * center_depth_loss(out.depth, out.opacity)
-        loss = loss + size * size * regular
-        optimiser.zero_grad(set_to_none=True)
+        loss = surrogate_loss(latents, score.gradient) + size * size * regular
+        self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        optimiser.step()
-        loss_value = score.loss
+        self.optimiser.step()
+        self.final_loss = score.loss
+        return out, score
+
+
+def optimise_field(prompt: str, prior: Prior, config: GenerateConfig, generator: torch.Generator,
+                   on_progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None) -> FieldOptimisation:
+    """The SDS / SJC loop, reporting every step and checking for cancellation before each."""
+    run = FieldOptimisation(prompt, prior, config, generator)
+    preview_every = config.preview_every or max(1, config.steps // 20)
+    for step in range(config.steps):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        out, score = run.step(step)
         if on_progress is not None:
             last = step == config.steps - 1
             preview = _preview_image(prior, out.features) if last or step % preview_every == 0 else None
-            on_progress(Progress("optimise", step + 1, config.steps, loss_value, preview))
-    return field_, background, loss_value
+            on_progress(Progress("optimise", step + 1, config.steps, score.loss, preview))
+    return run
 
 
 def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
@@ -143,7 +169,8 @@ def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
     timings = {}
 
     started = time.perf_counter()
-    field_, background, final_loss = optimise_field(prompt, prior, config, generator, on_progress, cancel)
+    run = optimise_field(prompt, prior, config, generator, on_progress, cancel)
+    field_, background, final_loss = run.field, run.background, run.final_loss
     timings["optimise_s"] = time.perf_counter() - started
 
     started = time.perf_counter()

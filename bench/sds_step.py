@@ -1,0 +1,76 @@
+"""Cost of one score-distillation step against the prior U-Net's own CFG forward pass.
+
+Both are timed in this one process, interleaved, so machine noise hits them alike; the figure that
+matters is the ratio. Usage: python bench/sds_step.py [--model PATH] [--method sds|sjc] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from engine.prior import load_prior
+from engine.tasks.generate import FieldOptimisation, preset_config
+
+
+def median_ms(fn, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", help="prior folder (default: the embedded prior)")
+    parser.add_argument("--method", default="sds")
+    parser.add_argument("--preset", default="standard")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    prior = load_prior(args.model, device=args.device)
+    config = preset_config(args.preset, steps=10_000)
+    config.guidance.method = args.method
+    run = FieldOptimisation("a red cube", prior, config, torch.Generator().manual_seed(0))
+    size = prior.metadata.latent_size
+    latents = torch.randn(1, prior.latent_channels, size, size, device=prior.device)
+    timestep = torch.tensor([500])
+    cond, uncond = run.prompts.conditional["front"][None], run.prompts.unconditional[None]
+    step_counter = iter(range(10_000))
+
+    def unet_forward():
+        prior.predict_noise(latents, timestep, cond, uncond, config.guidance.guidance_scale)
+
+    def sds_step():
+        run.step(next(step_counter))
+
+    for _ in range(5):  # warm-up: allocator, thread pools, first-call dispatch
+        unet_forward()
+        sds_step()
+    unet_ms, step_ms = [], []
+    for _ in range(args.rounds):  # interleave so drifting load affects both the same way
+        unet_ms.append(median_ms(unet_forward, args.repeats))
+        step_ms.append(median_ms(sds_step, args.repeats))
+    unet, step = statistics.median(unet_ms), statistics.median(step_ms)
+    params = sum(p.numel() for p in prior.unet.parameters())
+    report = {
+        "prior": prior.metadata.name, "unet_parameters": params, "latent_size": size,
+        "method": args.method, "grid_resolution": config.grid_resolution,
+        "samples_per_ray": config.samples_per_ray, "threads": args.threads, "device": args.device,
+        "unet_cfg_forward_ms": round(unet, 2), "sds_step_ms": round(step, 2), "ratio": round(step / unet, 3),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
