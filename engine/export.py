@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TEXTURE_SIZE = 1024
 DEFAULT_PADDING = 8
+# Below this, bilinear taps on the first mip levels can reach the background at chart borders.
+MIN_PADDING = 4
 # Gap xatlas leaves between charts, in texels of the final texture; dilation fills it.
 ATLAS_PADDING = 4
 ROUGHNESS = 0.8
@@ -74,10 +76,10 @@ def extract_mesh(density: np.ndarray, bound: float, level: float) -> tuple[np.nd
     spacing_zyx = np.array([2.0 * bound / (n - 1) for n in density.shape])
     verts_zyx, faces, _, _ = measure.marching_cubes(padded, level=level, spacing=tuple(spacing_zyx))
     # Padded index 1 is the first real sample, at -bound.
+    # In (z, y, x) index order skimage's right-hand face normals point into the denser side;
+    # reordering to (x, y, z) is a mirror, which turns them outward.
     vertices = (verts_zyx - spacing_zyx - bound)[:, ::-1]
     mesh = _largest_component(trimesh.Trimesh(vertices, faces, process=True))
-    if mesh.volume < 0:
-        mesh.invert()
     log.info("extracted mesh: %d vertices, %d faces", len(mesh.vertices), len(mesh.faces))
     return mesh.vertices.astype(np.float32), mesh.faces.astype(np.int32)
 
@@ -97,7 +99,10 @@ def _largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 def unwrap(
     vertices: np.ndarray, faces: np.ndarray, texture_size: int = DEFAULT_TEXTURE_SIZE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """UV-unwrap with xatlas: (vertices split at seams, faces, per-vertex uvs in [0, 1])."""
+    """UV-unwrap with xatlas: (vertices split at seams, faces, per-vertex uvs in [0, 1]).
+
+    ``texture_size`` is the texture the atlas is packed for, which sets the gap between charts.
+    """
     atlas = xatlas.Atlas()
     atlas.add_mesh(np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.uint32))
     pack_options = xatlas.PackOptions()
@@ -117,7 +122,9 @@ def unwrap(
 # Texture baking
 
 
-def texel_surface_points(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, size: int):
+def texel_surface_points(
+    vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Surface point and normal behind every texel whose centre lies inside a UV triangle.
 
     Returns (texel_rows, texel_cols, points (N, 3), normals (N, 3), face_ids), all flat arrays.
@@ -125,7 +132,8 @@ def texel_surface_points(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarra
     """
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
-    texel_xy = np.stack([uvs[:, 0] * size, (uvs[:, 1]) * size], axis=1).astype(np.float64)
+    uvs = np.asarray(uvs, dtype=np.float64)
+    texel_xy = np.stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size], axis=1)
     # Charts never overlap, so a constant depth gives plain affine barycentrics.
     fragments = raster.rasterize_screen(texel_xy[faces], np.ones(faces.shape), size, size)
     rows, cols = np.nonzero(fragments.mask)
@@ -156,7 +164,7 @@ def bake_texture(
     covered = np.zeros((size, size), dtype=bool)
     texture[rows, cols] = colours
     covered[rows, cols] = True
-    texture, covered = dilate(texture, covered, max(padding, 4))
+    texture, covered = dilate(texture, covered, max(padding, MIN_PADDING))
     texture[~covered] = colours.mean(axis=0) if len(colours) else 0.5
     return np.round(texture * 255.0).astype(np.uint8)
 
@@ -168,14 +176,15 @@ def dilate(texture: np.ndarray, covered: np.ndarray, iterations: int) -> tuple[n
     """
     texture = np.array(texture, dtype=np.float32)
     covered = np.array(covered, dtype=bool)
+    neighbourhood = np.ones((3, 3), np.float32)
     for _ in range(iterations):
         weight = covered.astype(np.float32)
-        neighbour_count = ndimage.convolve(weight, np.ones((3, 3), np.float32), mode="constant")
+        neighbour_count = ndimage.convolve(weight, neighbourhood, mode="constant")
         grow = (neighbour_count > 0) & ~covered
         if not grow.any():
             break
         for channel in range(texture.shape[2]):
-            summed = ndimage.convolve(texture[..., channel] * weight, np.ones((3, 3), np.float32), mode="constant")
+            summed = ndimage.convolve(texture[..., channel] * weight, neighbourhood, mode="constant")
             texture[..., channel][grow] = summed[grow] / neighbour_count[grow]
         covered |= grow
     return texture, covered
@@ -241,20 +250,29 @@ def write_obj(path: str | Path, mesh: TexturedMesh) -> None:
 
 
 def load_glb(path: str | Path) -> TexturedMesh:
-    """Read a GLB (any number of textured primitives) back into Blender axes."""
+    """Read a GLB (any number of textured primitives) back into Blender axes.
+
+    The material's baseColorFactor is ignored; files written by ``write_glb`` keep it white.
+    """
     scene = trimesh.load(str(path), force="scene", process=False)
     geometries = scene.dump(concatenate=False)
     combined = geometries[0] if len(geometries) == 1 else trimesh.util.concatenate(geometries)
-    material = combined.visual.material
-    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
-    if image is None:
-        raise ValueError(f"{path} has no base colour texture")
+    uvs = getattr(combined.visual, "uv", None)
+    image = _base_colour_image(getattr(combined.visual, "material", None))
+    if uvs is None or image is None:
+        raise ValueError(f"{path} has no UV-mapped base colour texture")
     return TexturedMesh(
         vertices=gltf_to_blender(np.asarray(combined.vertices, dtype=np.float32)),
         faces=np.asarray(combined.faces, dtype=np.int32),
-        uvs=np.asarray(combined.visual.uv, dtype=np.float32),
+        uvs=np.asarray(uvs, dtype=np.float32),
         texture=np.asarray(image.convert("RGB"), dtype=np.uint8),
     )
+
+
+def _base_colour_image(material) -> Image.Image | None:
+    """PBR materials keep it as baseColorTexture; trimesh's simple (merged) ones as image."""
+    image = getattr(material, "baseColorTexture", None)
+    return image if image is not None else getattr(material, "image", None)
 
 
 def write_preview(path: str | Path, mesh: TexturedMesh, views: int = 8, size: int = 160) -> None:

@@ -19,15 +19,11 @@ scatter-min on depth picks the nearest triangle per pixel.
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.cameras import Camera, project
-
-log = logging.getLogger(__name__)
 
 LIGHT_DIRECTION = np.array([0.4, -0.6, 0.7]) / np.linalg.norm([0.4, -0.6, 0.7])
 AMBIENT = 0.4
@@ -246,13 +242,13 @@ def render_textured(
     width: int,
     height: int,
     shading: bool = True,
-    background=(1.0, 1.0, 1.0),
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ssaa: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render a textured mesh: (rgb (H, W, 3) in [0, 1] over ``background``, alpha (H, W)).
 
     ``uvs`` is per corner (F, 3, 2) or per vertex (V, 2).  With ``shading`` the albedo is lit by a
-    fixed directional light (Lambert plus ambient, lit from whichever side faces the camera);
+    fixed world-space light: albedo * (0.4 + 0.6 * max(0, n . l)), l = normalize(0.4, -0.6, 0.7);
     without it the albedo is shown as is.  ``ssaa`` renders ``ssaa`` times larger and box-filters
     down, which antialiases silhouettes.
     """
@@ -282,14 +278,15 @@ def _corner_uvs(uvs: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def _lambert(vertices, faces, face, bary, camera: Camera) -> np.ndarray:
-    """Ambient + diffuse factor per fragment with interpolated normals turned toward the camera."""
-    normals = vertex_normals(vertices, faces)
-    normal = np.einsum("nk,nkc->nc", bary, normals[faces[face]])
+    """Ambient + diffuse factor per fragment, from interpolated vertex normals."""
+    corners = vertices[faces[face]]
+    normal = np.einsum("nk,nkc->nc", bary, vertex_normals(vertices, faces)[faces[face]])
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
-    point = np.einsum("nk,nkc->nc", bary, vertices[faces[face]])
-    # Open meshes show their inside; light it as if it were the outside.
-    away = np.einsum("nc,nc->n", normal, point - camera.position) > 0
-    normal[away] *= -1
+    # Open meshes show their back faces; light those as if they were the outside.  The face's own
+    # normal decides, since interpolated normals tilt away from the camera near silhouettes.
+    face_normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    seen_from_behind = np.einsum("nc,nc->n", face_normal, corners[:, 0] - camera.position) > 0
+    normal[seen_from_behind] *= -1
     return AMBIENT + DIFFUSE * np.maximum(normal @ LIGHT_DIRECTION, 0.0)
 
 

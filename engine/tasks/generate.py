@@ -45,7 +45,7 @@ class GenerateConfig:
     center_depth_weight: float = 0.0
     # colour stage and export
     colour_view_azimuths: int = 8
-    mesh_resolution: int = 128
+    mesh_resolution: int = 96  # xatlas time grows fast with face count; the field is only 64³
     iso_level: float = 1.0  # in units of the density that makes one field voxel half opaque
     texture_size: int = 1024
     preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run

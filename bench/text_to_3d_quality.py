@@ -1,0 +1,85 @@
+"""Text-to-3D on the embedded prior, judged the way issue #3 asks.
+
+For each prompt, run ``generate`` with default settings, write the GLB, read it back, and classify
+it: shape by the silhouettes of the textured mesh from 16 views (8 azimuths x elevations 10 and 35
+degrees, the contract's distance 2.2 and fov 40) against the 7 analytic shapes (mean IoU), colour by
+the nearest (shaded) palette colour to the median colour of the texels the mesh uses.
+
+Usage: python bench/text_to_3d_quality.py [--prompts "a red cube" ...] [--seed 0] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine import generate, load_prior, orbit_camera, write_outputs
+from engine.export import load_glb, texel_surface_points
+from engine.raster import render_silhouette
+from engine.tasks.generate import preset_config
+from primitive_world import contract
+from primitive_world.classify import classify_colour, classify_shape
+
+DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a yellow cone", "a green torus", "a purple cylinder"]
+JUDGE_CAMERAS = [orbit_camera(az, el, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
+                 for el in (10.0, 35.0) for az in range(0, 360, 45)]
+
+
+def judge(glb_path: Path, size: int = 64) -> dict:
+    mesh = load_glb(glb_path)
+    masks = [render_silhouette(mesh.vertices, mesh.faces, camera, size, size, ssaa=2) > 0.5
+             for camera in JUDGE_CAMERAS]
+    shape, ious = classify_shape(masks, JUDGE_CAMERAS)
+    rows, cols, *_ = texel_surface_points(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture.shape[0])
+    colour, colour_distance = classify_colour(mesh.texture[rows, cols] / 255.0)
+    return {"shape": shape, "ious": ious, "colour": colour, "colour_distance": colour_distance}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="standard")
+    parser.add_argument("--model", help="prior folder (default: the embedded prior)")
+    parser.add_argument("--workdir", default="out/quality")
+    parser.add_argument("--out", default="out/quality/text_to_3d.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    prior = load_prior(args.model)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for prompt in args.prompts:
+        _, colour_word, shape_word = prompt.split()
+        started = time.perf_counter()
+        result = generate(prompt, prior, preset_config(args.preset, seed=args.seed))
+        glb = write_outputs(result.mesh, workdir / f"{prompt.replace(' ', '_')}.glb")[0]
+        seconds = time.perf_counter() - started
+        verdict = judge(glb)
+        others = [v for k, v in verdict["ious"].items() if k != shape_word]
+        row = {
+            "prompt": prompt, "seconds": round(seconds, 1), "timings": result.timings,
+            "shape": verdict["shape"], "shape_ok": verdict["shape"] == shape_word,
+            "iou_true": round(verdict["ious"][shape_word], 3),
+            "iou_margin": round(verdict["ious"][shape_word] - max(others), 3),
+            "colour": verdict["colour"], "colour_ok": verdict["colour"] == colour_word,
+            "colour_error_vs_decoded_views": round(result.colour_error, 4),
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    summary = {
+        "shape_correct": sum(r["shape_ok"] for r in results), "colour_correct": sum(r["colour_ok"] for r in results),
+        "runs": len(results), "max_seconds": max(r["seconds"] for r in results), "results": results,
+    }
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
+
+
+if __name__ == "__main__":
+    main()
