@@ -11,7 +11,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Progress:
-    phase: str  # "optimise", "colour" or "export"
+    phase: str  # "optimise", then "mesh", then "colour"
     step: int
     total: int
     loss: Optional[float] = None

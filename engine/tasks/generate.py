@@ -76,7 +76,7 @@ def preset_config(preset: str = "standard", **overrides) -> GenerateConfig:
 @dataclass
 class GenerateResult:
     mesh: TexturedMesh
-    preview: np.ndarray  # last decoded view, (H, W, 3) uint8
+    preview: np.ndarray  # the first colour view as the VAE decoded it, (H, W, 3) uint8
     timings: dict[str, float]
     colour_error: float  # mean abs RGB error of mesh renders against the decoded views
     final_loss: float
@@ -179,6 +179,8 @@ def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
     vertices, faces = extract_mesh(density, field_.bound, level)
     vertices, faces, uvs = unwrap(vertices, faces, config.texture_size)
     timings["mesh_s"] = time.perf_counter() - started
+    if on_progress is not None:
+        on_progress(Progress("mesh", 1, 1, final_loss))
     if cancel is not None:
         cancel.raise_if_cancelled()
 
@@ -194,10 +196,9 @@ def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
     mesh = TexturedMesh(vertices.astype(np.float32), faces.astype(np.int32), uvs.astype(np.float32), texture)
     colour_error = view_fidelity(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, views)
     timings["colour_s"] = time.perf_counter() - started
+    preview = (views[0].image * 255).round().astype(np.uint8)
     if on_progress is not None:
-        preview = (views[-1].image * 255).round().astype(np.uint8)
         on_progress(Progress("colour", 1, 1, final_loss, preview))
     log.info("generated %r: %d vertices, %d faces, colour error %.3f, %s", prompt, len(mesh.vertices),
              len(mesh.faces), colour_error, {k: round(v, 2) for k, v in timings.items()})
-    return GenerateResult(mesh, (views[0].image * 255).round().astype(np.uint8), timings, colour_error,
-                          final_loss)
+    return GenerateResult(mesh, preview, timings, colour_error, final_loss)
