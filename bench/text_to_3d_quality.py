@@ -40,6 +40,18 @@ def judge(glb_path: Path, size: int = 64) -> dict:
     return {"shape": shape, "ious": ious, "colour": colour, "colour_distance": colour_distance}
 
 
+def configure(preset: str, seed: int, assignments: list[str]):
+    config = preset_config(preset, seed=seed)
+    for assignment in assignments:
+        key, value = assignment.split("=", 1)
+        target = config
+        if key.startswith("guidance."):
+            target, key = config.guidance, key.split(".", 1)[1]
+        current = getattr(target, key)
+        setattr(target, key, type(current)(value) if not isinstance(current, bool) else value == "true")
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
@@ -48,6 +60,8 @@ def main() -> None:
     parser.add_argument("--model", help="prior folder (default: the embedded prior)")
     parser.add_argument("--workdir", default="out/quality")
     parser.add_argument("--out", default="out/quality/text_to_3d.json")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="override GenerateConfig fields (guidance.X for the guidance config)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -58,7 +72,7 @@ def main() -> None:
     for prompt in args.prompts:
         _, colour_word, shape_word = prompt.split()
         started = time.perf_counter()
-        result = generate(prompt, prior, preset_config(args.preset, seed=args.seed))
+        result = generate(prompt, prior, configure(args.preset, args.seed, args.set))
         glb = write_outputs(result.mesh, workdir / f"{prompt.replace(' ', '_')}.glb")[0]
         seconds = time.perf_counter() - started
         verdict = judge(glb)

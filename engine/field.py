@@ -1,9 +1,10 @@
 """The 3D field: a voxel grid of density plus latent features (SJC / Latent-NeRF), and a background.
 
-Grid layout: one parameter of shape (1, 1 + C, R, R, R) indexed [channel, z, y, x] over the cube
-[-bound, bound]^3 (voxel centres on the corners, ``align_corners=True``), so ``grid_sample``
-takes world points divided by ``bound`` in (x, y, z) order. Channel 0 is the density logit,
-channels 1..C are the prior's latent features.
+Grid layout: a density-logit grid (1, 1, R, R, R) and a feature grid (1, C, R, R, R), indexed
+[channel, z, y, x] over the cube [-bound, bound]^3 (voxel centres on the corners,
+``align_corners=True``), so ``grid_sample`` takes world points divided by ``bound`` in (x, y, z)
+order. They are separate so the renderer can read features only where a ray's weight is not
+negligible, which is most of the saving on a CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 class VoxelField(nn.Module):
     def __init__(self, resolution: int, feature_channels: int, bound: float,
-                 blob_strength: float = 5.0, blob_radius: float = 0.5, density_shift: float = -1.0):
+                 blob_strength: float = 10.0, blob_radius: float = 0.5, density_shift: float = 0.0):
         super().__init__()
         self.resolution = resolution
         self.feature_channels = feature_channels
@@ -27,7 +28,8 @@ class VoxelField(nn.Module):
         self.blob_strength = blob_strength
         self.blob_radius = blob_radius * bound
         self.density_shift = density_shift
-        self.grid = nn.Parameter(torch.zeros(1, 1 + feature_channels, resolution, resolution, resolution))
+        self.density = nn.Parameter(torch.zeros(1, 1, resolution, resolution, resolution))
+        self.features = nn.Parameter(torch.zeros(1, feature_channels, resolution, resolution, resolution))
 
     @property
     def voxel_size(self) -> float:
@@ -40,18 +42,23 @@ class VoxelField(nn.Module):
         # Scaled by 1/voxel so a logit near 0 makes one voxel's length about half opaque, whatever R.
         return F.softplus(logits) / self.voxel_size
 
-    def query(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Trilinear density (P,) and latent features (P, C) at world points (P, 3)."""
+    def _sample(self, grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         normalised = (points / self.bound).view(1, 1, 1, -1, 3)
-        samples = F.grid_sample(self.grid, normalised, mode="bilinear", align_corners=True,
-                                padding_mode="border").view(1 + self.feature_channels, -1)
-        density = self.activate_density(samples[0] + self.blob_bias(points))
-        return density, samples[1:].T
+        samples = F.grid_sample(grid, normalised, mode="bilinear", align_corners=True, padding_mode="border")
+        return samples.view(grid.shape[1], -1)
+
+    def query_density(self, points: torch.Tensor) -> torch.Tensor:
+        """Trilinear density (P,) at world points (P, 3)."""
+        return self.activate_density(self._sample(self.density, points)[0] + self.blob_bias(points))
+
+    def query_features(self, points: torch.Tensor) -> torch.Tensor:
+        """Trilinear latent features (P, C) at world points (P, 3)."""
+        return self._sample(self.features, points).T
 
     def grid_points(self, resolution: int | None = None) -> torch.Tensor:
         """World coordinates (R, R, R, 3) of a lattice over the box, indexed [z, y, x]."""
         axis = torch.linspace(-self.bound, self.bound, resolution or self.resolution,
-                              device=self.grid.device)
+                              device=self.density.device)
         z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
         return torch.stack([x, y, z], dim=-1)
 
@@ -59,8 +66,7 @@ class VoxelField(nn.Module):
     def density_grid(self, resolution: int | None = None) -> torch.Tensor:
         """Density on a lattice (R, R, R) indexed [z, y, x]; upsampled trilinearly if R is larger."""
         points = self.grid_points(resolution)
-        density, _ = self.query(points.view(-1, 3))
-        return density.view(points.shape[:3])
+        return self.query_density(points.view(-1, 3)).view(points.shape[:3])
 
 
 class EnvironmentBackground(nn.Module):

@@ -34,12 +34,18 @@ def ray_box_interval(origins: torch.Tensor, directions: torch.Tensor, bound: flo
     return near, far
 
 
+# A sample whose compositing weight, rescaled to one voxel's length of ray, is below this adds
+# nothing visible, so its features are not read (its density still shapes the transmittance of
+# everything behind it). Rescaling keeps the cut independent of the number of samples per ray.
+FEATURE_WEIGHT_PER_VOXEL = 1e-3
+
+
 def render(field: VoxelField, camera: Camera, width: int, height: int, samples_per_ray: int,
            background: EnvironmentBackground | None = None,
            generator: torch.Generator | None = None) -> RenderOutput:
     """Render ``field`` from ``camera`` at (height, width). With a generator, sample positions are
     jittered within their segments (stratified sampling); without, segment midpoints are used."""
-    device = field.grid.device
+    device = field.density.device
     origins, directions = camera_rays(camera, width, height, device=device)
     origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
     near, far = ray_box_interval(origins, directions, field.bound)
@@ -53,15 +59,18 @@ def render(field: VoxelField, camera: Camera, width: int, height: int, samples_p
     distances = near.unsqueeze(-1) + (steps + offsets) * segment  # (R, N)
     points = origins.unsqueeze(1) + distances.unsqueeze(-1) * directions.unsqueeze(1)
 
-    density, features = field.query(points.reshape(-1, 3))
-    density = density.view(-1, samples_per_ray)
+    density = field.query_density(points.reshape(-1, 3)).view(-1, samples_per_ray)
     alpha = 1 - torch.exp(-density * segment)
     transmittance = torch.cumprod(
         torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-10], dim=-1), dim=-1)
     weights = alpha * transmittance
 
     opacity = weights.sum(dim=-1)
-    composited = (weights.unsqueeze(-1) * features.view(-1, samples_per_ray, features.shape[-1])).sum(dim=1)
+    visible = (weights * (field.voxel_size / segment.clamp(min=1e-12)) > FEATURE_WEIGHT_PER_VOXEL).nonzero(
+        as_tuple=True)
+    features = field.query_features(points[visible])
+    composited = torch.zeros(origins.shape[0], field.feature_channels, device=device).index_add(
+        0, visible[0], weights[visible].unsqueeze(-1) * features)
     if background is not None:
         composited = composited + (1 - opacity).unsqueeze(-1) * background(directions)
     depth = (weights * distances).sum(dim=-1) / opacity.clamp(min=1e-6)

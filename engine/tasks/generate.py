@@ -34,7 +34,7 @@ class GenerateConfig:
     grid_resolution: int = 64
     samples_per_ray: int = 64
     learning_rate: float = 0.05
-    blob_strength: float = 5.0
+    blob_strength: float = 10.0
     blob_radius: float = 0.5  # as a fraction of the scene bound
     # regularisers; weights are per latent pixel, like the SDS term they balance
     emptiness_beta: float = 10.0
@@ -114,7 +114,7 @@ class FieldOptimisation:
         self.background = _background(prior)
         self.prompts = ViewPrompts(prior, prompt, config.negative_prompt, config.view_dependent_prompts)
         self.guidance = ScoreDistillation(prior, config.guidance)
-        self.optimiser = torch.optim.Adam([self.field.grid, self.background.image], lr=config.learning_rate,
+        self.optimiser = torch.optim.Adam([self.field.density, self.field.features, self.background.image], lr=config.learning_rate,
                                           betas=(0.9, 0.99), fused=True)  # one kernel, a fraction of a ms
         self.emptiness_switch = int(config.emptiness_switch * config.steps)
         self.final_loss = float("nan")

@@ -1,0 +1,57 @@
+"""The job settings the panel edits, stored per scene (they are saved with the .blend)."""
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+from ._vendor import protocol
+
+MODES = (
+    ("GENERATE", "Generate", "Create a new textured object from the prompt", "ADD", 0),
+    ("TEXTURE", "Texture Selected", "Paint a texture onto the selected mesh, keeping its shape", "TEXTURE", 1),
+    ("SKETCH", "Sketch from Selected", "Use the selected mesh as a rough shape to refine", "MESH_ICOSPHERE", 2),
+)
+PRESET_DESCRIPTIONS = {"draft": "Fast, coarse result", "standard": "Balanced time and quality",
+                       "high": "Slow, detailed result"}
+PRESETS = [(name.upper(), name.title(), PRESET_DESCRIPTIONS[name]) for name in protocol.PRESETS]
+
+
+class DreamsmithSettings(bpy.types.PropertyGroup):
+    mode: EnumProperty(name="Mode", items=MODES, default="GENERATE")
+    prompt: StringProperty(name="Prompt", description="What to make", maxlen=protocol.MAX_PROMPT_CHARS)
+    negative_prompt: StringProperty(name="Negative Prompt", description="What to steer away from",
+                                    maxlen=protocol.MAX_PROMPT_CHARS)
+    seed: IntProperty(name="Seed", description="The same seed and settings give the same result",
+                      default=0, min=0)
+    steps: IntProperty(name="Steps", description="Optimisation steps; 0 uses the quality preset's number",
+                       default=0, min=0, max=protocol.MAX_STEPS)
+    guidance: FloatProperty(name="Guidance", description="Classifier-free guidance scale",
+                            default=100.0, min=protocol.GUIDANCE_RANGE[0], max=protocol.GUIDANCE_RANGE[1])
+    preset: EnumProperty(name="Quality", items=PRESETS, default="STANDARD")
+    camera_collection: PointerProperty(
+        name="Camera Rig", type=bpy.types.Collection,
+        description="Send the cameras in this collection; empty sends the scene's active camera")
+
+    def job_params(self) -> dict:
+        """The submit params the protocol defines for every job kind."""
+        params = {"prompt": self.prompt, "seed": self.seed, "guidance_scale": self.guidance,
+                  "preset": self.preset.lower()}
+        if self.negative_prompt.strip():
+            params["negative_prompt"] = self.negative_prompt
+        if self.steps:
+            params["steps"] = self.steps
+        return params
+
+
+def get(context: bpy.types.Context) -> DreamsmithSettings:
+    return context.scene.dreamsmith
+
+
+classes = (DreamsmithSettings,)
+
+
+def register() -> None:
+    bpy.types.Scene.dreamsmith = PointerProperty(type=DreamsmithSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.dreamsmith

@@ -1,0 +1,117 @@
+"""The one worker thread: runs queued jobs one at a time through the engine and records how each ended.
+
+A job's result is committed to disk and to the job table before its `done` event is published, so a
+client told "done" can always fetch, even from a restarted server.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+import time
+from typing import Callable, Protocol
+
+import torch
+
+from engine.progress import Cancelled, Progress
+
+from .events import EventChannel, preview_event, progress_event, state_event
+from .job_queue import Job, JobQueue
+from .protocol import Code, State, encode_png
+from .results import JobOutput, ResultStore
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+PREVIEW_INTERVAL_S = 0.5
+OUT_OF_MEMORY = (MemoryError, torch.cuda.OutOfMemoryError)
+
+
+class Runner(Protocol):
+    kinds: tuple[str, ...]
+
+    def prepare(self, kind: str, params: dict, inputs: dict) -> object: ...
+
+    def run(self, job: Job, on_progress: Callable[[Progress], None], cancel) -> JobOutput: ...
+
+
+class ProgressReporter:
+    """Engine callbacks -> a progress event every step and a preview event at most every PREVIEW_INTERVAL_S."""
+
+    def __init__(self, job_id: str, events: EventChannel):
+        self.job_id, self.events = job_id, events
+        self._phase, self._phase_started = None, time.monotonic()
+        self._last_call = self._phase_started
+        self._last_preview = -math.inf
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase != self._phase:
+            self._phase, self._phase_started = progress.phase, self._last_call
+        self._last_call = now
+        per_step = (now - self._phase_started) / max(progress.step, 1)
+        loss = float(progress.loss) if progress.loss is not None and math.isfinite(progress.loss) else None
+        self.events.publish(progress_event(self.job_id, progress.phase, progress.step, progress.total, loss,
+                                           per_step * max(progress.total - progress.step, 0), time.time()))
+        if progress.preview is not None and now - self._last_preview >= PREVIEW_INTERVAL_S:
+            self._last_preview = now
+            self.events.publish(preview_event(self.job_id, progress.step, encode_png(progress.preview)))
+
+
+class Worker(threading.Thread):
+    def __init__(self, queue: JobQueue, store: JobStore, results: ResultStore, runner: Runner,
+                 events: EventChannel):
+        super().__init__(name="dreamsmith-worker", daemon=True)  # an engine step must not block exit
+        self.queue, self.store, self.results, self.runner, self.events = queue, store, results, runner, events
+
+    def run(self) -> None:
+        while (job := self.queue.take()) is not None:
+            try:
+                self._run_job(job)
+            except Exception:  # the job table itself failed; keep serving the jobs after it
+                log.exception("job %s: the worker could not record how it ended", job.id)
+                self.events.publish(state_event(job.id, State.FAILED, {
+                    "code": Code.INTERNAL, "message": "the server could not record this job; see its log",
+                    "field": None}))
+            finally:
+                self.queue.finish(job)
+
+    def _run_job(self, job: Job) -> None:
+        self.store.mark_running(job.id, time.time())
+        self.events.publish(state_event(job.id, State.RUNNING))
+        log.info("job %s running (%s for %s)", job.id, job.kind, job.client)
+        try:
+            output = self.runner.run(job, ProgressReporter(job.id, self.events), job.cancel)
+            if job.cancel.cancelled:  # asked to stop during a stage the engine cannot interrupt
+                raise Cancelled("cancelled by its client")
+        except Cancelled:
+            return self._finish(job, State.CANCELLED, Code.CANCELLED, "cancelled by its client")
+        except OUT_OF_MEMORY as error:
+            _release_memory()
+            return self._finish(job, State.FAILED, Code.OUT_OF_MEMORY,
+                                f"the job ran out of memory ({type(error).__name__}); try a smaller preset, "
+                                "grid or texture")
+        except Exception as error:
+            log.exception("job %s: the engine failed", job.id)
+            return self._finish(job, State.FAILED, Code.WORKER_CRASHED,
+                                f"the engine failed: {type(error).__name__}: {error}")
+        try:
+            self.results.commit(job.id, output)
+        except Exception as error:  # a full disk, or a mesh the GLB writer refuses
+            log.exception("job %s: cannot store the result", job.id)
+            return self._finish(job, State.FAILED, Code.INTERNAL, f"the server could not store the result: {error}")
+        self._finish(job, State.DONE)
+
+    def _finish(self, job: Job, state: str, code: str | None = None, message: str = "") -> None:
+        error = {"code": code, "message": message, "field": None} if code else None
+        self.store.mark_finished(job.id, state, time.time(), error)
+        self.events.publish(state_event(job.id, state, error))
+        log.info("job %s %s%s", job.id, state, f": {message}" if message else "")
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
