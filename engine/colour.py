@@ -9,6 +9,7 @@ the nearest texel that was seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,10 +31,13 @@ class DecodedView:
 
 @torch.no_grad()
 def decode_views(prior: Prior, field: VoxelField, background: EnvironmentBackground, cameras: list[Camera],
-                 samples_per_ray: int, batch_size: int = 8) -> list[DecodedView]:
+                 samples_per_ray: int, batch_size: int = 8,
+                 on_batch: Callable[[], None] = lambda: None) -> list[DecodedView]:
+    """``on_batch`` runs before each batch; it may raise to stop (cancellation)."""
     size, image_size = prior.metadata.latent_size, prior.metadata.image_size
     views = []
     for start in range(0, len(cameras), batch_size):
+        on_batch()
         chunk = cameras[start:start + batch_size]
         renders = [render(field, cam, size, size, samples_per_ray, background) for cam in chunk]
         images = prior.decode(torch.stack([r.features for r in renders]))
@@ -58,11 +62,14 @@ def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-                views: list[DecodedView], depth_tolerance: float, angle_power: float = 2.0):
-    """Weighted mean colour (N, 3) over the views that see each surface point, and a seen mask."""
+                views: list[DecodedView], depth_tolerance: float, angle_power: float = 2.0,
+                on_view: Callable[[], None] = lambda: None):
+    """Weighted mean colour (N, 3) over the views that see each surface point, and a seen mask.
+    ``on_view`` runs before each view; it may raise to stop (cancellation)."""
     total = np.zeros((len(points), 3))
     weight_sum = np.zeros(len(points))
     for view in views:
+        on_view()
         height, width = view.image.shape[:2]
         zbuffer = rasterize(vertices, faces, view.camera, width, height).depth
         xy, depth = project(points, view.camera, width, height)

@@ -83,3 +83,16 @@ def test_backprojection_recovers_the_colours_the_views_show():
     away_from_seam = np.abs(points[:, 0]) > 0.08
     assert seen.mean() > 0.8
     assert np.abs(colours[away_from_seam] - truth(points, normals)[away_from_seam]).mean() < 0.05
+
+
+def test_cancel_after_the_mesh_stage_stops_before_the_colour_stage_ends(tiny):
+    token, phases = CancelToken(), []
+
+    def cancel_on_mesh(event):
+        phases.append(event.phase)
+        if event.phase == "mesh":
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        generate("a red cube", tiny, small_config(steps=3), on_progress=cancel_on_mesh, cancel=token)
+    assert "mesh" in phases and "colour" not in phases
