@@ -23,20 +23,19 @@ class VoxelField(nn.Module):
         self.resolution = resolution
         self.feature_channels = feature_channels
         self.bound = bound
-        # A density "blob" at the origin (DreamFusion, Magic3D): a fixed bias on the density logit
-        # that gives the optimisation an object to sculpt instead of empty space or fog.
-        self.blob_strength = blob_strength
-        self.blob_radius = blob_radius * bound
-        self.density_shift = density_shift
+        # A density "blob" at the origin (DreamFusion, Magic3D) gives the optimisation an object to
+        # sculpt instead of empty space or fog. It is where the density logits start, not a fixed
+        # bias: a fixed bias on a voxel grid cannot be carved away, and the prior then "removes"
+        # the unwanted parts of the blob by painting them the background's colour.
         self.density = nn.Parameter(torch.zeros(1, 1, resolution, resolution, resolution))
         self.features = nn.Parameter(torch.zeros(1, feature_channels, resolution, resolution, resolution))
+        with torch.no_grad():
+            radius = self.grid_points().norm(dim=-1)
+            self.density[0, 0] = blob_strength * (1 - radius / (blob_radius * bound)) + density_shift
 
     @property
     def voxel_size(self) -> float:
         return 2 * self.bound / (self.resolution - 1)
-
-    def blob_bias(self, points: torch.Tensor) -> torch.Tensor:
-        return self.blob_strength * (1 - points.norm(dim=-1) / self.blob_radius) + self.density_shift
 
     def activate_density(self, logits: torch.Tensor) -> torch.Tensor:
         # Scaled by 1/voxel so a logit near 0 makes one voxel's length about half opaque, whatever R.
@@ -49,7 +48,7 @@ class VoxelField(nn.Module):
 
     def query_density(self, points: torch.Tensor) -> torch.Tensor:
         """Trilinear density (P,) at world points (P, 3)."""
-        return self.activate_density(self._sample(self.density, points)[0] + self.blob_bias(points))
+        return self.activate_density(self._sample(self.density, points)[0])
 
     def query_features(self, points: torch.Tensor) -> torch.Tensor:
         """Trilinear latent features (P, C) at world points (P, 3)."""

@@ -71,8 +71,9 @@ def render(field: VoxelField, camera: Camera, width: int, height: int, samples_p
     features = field.query_features(points[visible])
     composited = torch.zeros(origins.shape[0], field.feature_channels, device=device).index_add(
         0, visible[0], weights[visible].unsqueeze(-1) * features)
-    if background is not None:
-        composited = composited + (1 - opacity).unsqueeze(-1) * background(directions)
+    behind = background(directions) if background is not None else None
+    if behind is not None:
+        composited = composited + (1 - opacity).unsqueeze(-1) * behind
     depth = (weights * distances).sum(dim=-1) / opacity.clamp(min=1e-6)
     return RenderOutput(
         features=composited.T.reshape(-1, height, width),

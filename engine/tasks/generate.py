@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 
 from ..cameras import Camera
 from ..colour import backproject, decode_views, view_fidelity
@@ -31,11 +32,16 @@ class GenerateConfig:
     view_dependent_prompts: bool = True
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     # field and renderer
-    grid_resolution: int = 64
+    grid_resolution: int = 32  # coarse grids move shape faster under noisy SDS; "high" uses 64
     samples_per_ray: int = 64
-    learning_rate: float = 0.05
+    learning_rate: float = 0.05  # density logits and background
+    # The features' learning rate ramps up from a tenth over this fraction of the run: if colours
+    # learn as fast as density, the prior gets unwanted parts of the blob "removed" by painting them
+    # the background's colour instead of emptying them, and the shape never forms.
+    feature_learning_rate: float = 0.03
+    feature_warmup: float = 0.5
     blob_strength: float = 10.0
-    blob_radius: float = 0.5  # as a fraction of the scene bound
+    blob_radius: float = 0.42  # as a fraction of the scene bound
     # regularisers; weights are per latent pixel, like the SDS term they balance
     emptiness_beta: float = 10.0
     emptiness_early: float = 2.5
@@ -47,6 +53,9 @@ class GenerateConfig:
     colour_view_azimuths: int = 8
     mesh_resolution: int = 64  # xatlas time grows fast with face count (0.6 s here, 4 s at 96)
     iso_level: float = 1.0  # in units of the density that makes one field voxel half opaque
+    # Gaussian blur of the density before marching cubes, in field voxels: score distillation
+    # leaves voxel-scale noise in the density that would otherwise become a bumpy surface.
+    surface_smoothing: float = 1.0
     texture_size: int = 1024
     preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run
 
@@ -61,9 +70,9 @@ class GenerateConfig:
 
 # Named trade-offs between time and quality; "standard" is GenerateConfig's defaults.
 PRESETS = {
-    "draft": dict(steps=150, grid_resolution=48, mesh_resolution=64, texture_size=512, colour_view_azimuths=4),
+    "draft": dict(steps=150, mesh_resolution=48, texture_size=512, colour_view_azimuths=4),
     "standard": {},
-    "high": dict(steps=1500, grid_resolution=96, mesh_resolution=128, texture_size=2048),
+    "high": dict(steps=1500, grid_resolution=64, mesh_resolution=128, texture_size=2048),
 }
 
 
@@ -114,14 +123,18 @@ class FieldOptimisation:
         self.background = _background(prior)
         self.prompts = ViewPrompts(prior, prompt, config.negative_prompt, config.view_dependent_prompts)
         self.guidance = ScoreDistillation(prior, config.guidance)
-        self.optimiser = torch.optim.Adam([self.field.density, self.field.features, self.background.image], lr=config.learning_rate,
-                                          betas=(0.9, 0.99), fused=True)  # one kernel, a fraction of a ms
+        self.optimiser = torch.optim.Adam(
+            [{"params": [self.field.density, self.background.image]},
+             {"params": [self.field.features], "lr": config.feature_learning_rate}],
+            lr=config.learning_rate, betas=(0.9, 0.99), fused=True)  # fused: a fraction of a ms
         self.emptiness_switch = int(config.emptiness_switch * config.steps)
         self.final_loss = float("nan")
 
     def step(self, step: int) -> tuple[RenderOutput, GuidanceStep]:
         config, size = self.config, self.prior.metadata.latent_size
         progress = step / max(config.steps - 1, 1)
+        ramp = min(1.0, progress / config.feature_warmup) if config.feature_warmup > 0 else 1.0
+        self.optimiser.param_groups[1]["lr"] = config.feature_learning_rate * (0.1 + 0.9 * ramp)
         camera = self.prior.metadata.camera.sample(self.generator)
         out = render(self.field, camera, size, size, config.samples_per_ray, self.background, self.generator)
         latents = out.features[None]
@@ -179,6 +192,9 @@ def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
 
     started = time.perf_counter()
     density = field_.density_grid(config.mesh_resolution).cpu().numpy()
+    if config.surface_smoothing > 0:
+        sigma = config.surface_smoothing * (config.mesh_resolution - 1) / (config.grid_resolution - 1)
+        density = gaussian_filter(density, sigma, mode="nearest")
     level = config.iso_level * np.log(2.0) / field_.voxel_size
     vertices, faces = extract_mesh(density, field_.bound, level)
     check_cancel()
