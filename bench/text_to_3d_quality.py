@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from engine import generate, load_prior, orbit_camera, write_outputs
 from engine.export import load_glb, texel_surface_points
@@ -59,11 +60,13 @@ def main() -> None:
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--model", help="prior folder (default: the embedded prior)")
     parser.add_argument("--workdir", default="out/quality")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", default="out/quality/text_to_3d.json")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override GenerateConfig fields (guidance.X for the guidance config)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
 
     prior = load_prior(args.model)
     workdir = Path(args.workdir)
