@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .cameras import OrbitCamera as Camera
+from engine.cameras import Camera
 
 from . import contract as C
 from .render import contract_camera, render_silhouettes

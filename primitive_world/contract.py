@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine.cameras import view_label
+
 NAME = "primitive-world-v1"
 
 # ---- shapes (geometry lives in primitive_world.render) ----------------------------------
@@ -69,15 +71,8 @@ def shaded_colour(albedo: Sequence[float], normal: Sequence[float]) -> np.ndarra
 
 
 def view_of(azimuth_deg: float, elevation_deg: float) -> str:
-    """front / side / back / overhead by the contract's rules."""
-    if elevation_deg >= OVERHEAD_ELEVATION_DEG:
-        return "overhead"
-    az = azimuth_deg % 360.0
-    if az >= 315.0 or az < 45.0:
-        return "front"
-    if 135.0 <= az < 225.0:
-        return "back"
-    return "side"
+    """front / side / back / overhead by the contract's rules (the engine's, with its threshold)."""
+    return view_label(azimuth_deg, elevation_deg, OVERHEAD_ELEVATION_DEG)
 
 
 def bare_prompt(colour: str, shape: str) -> str:

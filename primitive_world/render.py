@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cameras import OrbitCamera as Camera, orbit_camera
+from engine.cameras import Camera, orbit_camera
 
 from . import contract as C
 
