@@ -60,10 +60,6 @@ class Camera:
     def elevation_deg(self) -> float:
         return math.degrees(math.asin(float(np.clip(self.position[2] / max(self.distance, 1e-12), -1, 1))))
 
-    @property
-    def forward(self) -> np.ndarray:
-        return -self.c2w[:3, 2]
-
     def focal_px(self, height: int) -> float:
         return 0.5 * height / math.tan(math.radians(self.fov_y_deg) / 2)
 
