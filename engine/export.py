@@ -190,20 +190,6 @@ def dilate(texture: np.ndarray, covered: np.ndarray, iterations: int) -> tuple[n
     return texture, covered
 
 
-def mesh_from_density(
-    density: np.ndarray,
-    bound: float,
-    level: float,
-    colour_fn: ColourFn,
-    texture_size: int = DEFAULT_TEXTURE_SIZE,
-) -> TexturedMesh:
-    """The whole pipeline up to files: iso-surface, unwrap, bake."""
-    vertices, faces = extract_mesh(density, bound, level)
-    vertices, faces, uvs = unwrap(vertices, faces, texture_size)
-    texture = bake_texture(vertices, faces, uvs, colour_fn, texture_size)
-    return TexturedMesh(vertices, faces, uvs, texture)
-
-
 # ---------------------------------------------------------------------------------------------
 # Files
 

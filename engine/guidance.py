@@ -16,6 +16,7 @@ The timestep is drawn uniformly from a t-range whose upper end can anneal down o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,8 @@ class GuidanceConfig:
             raise ValueError(f"unknown guidance method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale > 0):
+            raise ValueError(f"guidance_scale must be a positive number, got {self.guidance_scale}")
         if not 0 <= self.t_min < min(self.t_max, self.t_max_final) <= 1:
             raise ValueError("need 0 <= t_min < t_max, t_max_final <= 1")
         if self.paas_samples < 1:

@@ -28,7 +28,9 @@ from PIL import Image
 from . import contract as C
 from .classify import classify_image_colour, classify_shape_in_view, colour_distances, object_mask
 from .render import colourise, contract_camera, render_geometry
-from .sampling import Prior
+from engine.prior import load_prior
+
+from .sampling import sample
 
 log = logging.getLogger("primitive_world.evaluate")
 
@@ -108,7 +110,7 @@ def main(argv=None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    prior = Prior.load(args.model)
+    prior = load_prior(args.model)
     fwd = unet_forward_ms(prior.unet, prior.text_encoder.config.hidden_size)
     log.info("U-Net batch-2 forward: median %.1f ms, min %.1f ms", fwd["median_ms"], fwd["min_ms"])
 
@@ -123,7 +125,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     images = []
     for start in range(0, len(prompts), args.batch):
-        images.append(prior.sample(prompts[start:start + args.batch], steps=args.steps, guidance=args.guidance,
+        images.append(sample(prior, prompts[start:start + args.batch], steps=args.steps, guidance=args.guidance,
                                    generator=gen, batch=args.batch))
         log.info("sampled %d/%d (%.0fs)", start + len(images[-1]), len(prompts), time.perf_counter() - t0)
     images = torch.cat(images).permute(0, 2, 3, 1).numpy()

@@ -28,7 +28,9 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from . import contract as C
 from .classify import classify_image_colour
 from .data import GeometrySet, make_geometry_set
-from .sampling import Prior
+from engine.prior import Prior, PriorMetadata
+
+from .sampling import sample
 from .tokenizer import build_tokenizer, encode
 
 log = logging.getLogger("primitive_world.train")
@@ -188,7 +190,7 @@ def quick_colour_check(prior: Prior, seed: int, steps: int = 20, guidance: float
         for shape in C.SHAPES:
             prompts.append(C.bare_prompt(colour, shape))
             colours.append(colour)
-    imgs = prior.sample(prompts, steps=steps, guidance=guidance, generator=torch.Generator().manual_seed(seed))
+    imgs = sample(prior, prompts, steps=steps, guidance=guidance, generator=torch.Generator().manual_seed(seed))
     imgs = imgs.permute(0, 2, 3, 1).numpy()
     ok = [classify_image_colour(im)[0] == c for im, c in zip(imgs, colours)]
     return float(np.mean(ok))
@@ -339,7 +341,7 @@ def main(argv=None) -> None:
             log.info("saved checkpoint at step %d to %s", step + 1, out)
         if (step + 1) % args.check_every == 0 or last:
             tc = time.perf_counter()
-            prior = Prior(tokenizer, ema_te, ema_unet, vae, dict(sched.config))
+            prior = Prior(ema_unet, vae, ema_te, tokenizer, sched, PriorMetadata.from_dict(C.prior_metadata()))
             acc = quick_colour_check(prior, args.seed)
             checks.append({"step": step + 1, "colour_acc_bare_20ddim": acc})
             log.info("colour check at step %d: %.1f%% (%.0fs)", step + 1, 100 * acc, time.perf_counter() - tc)

@@ -16,9 +16,9 @@ from engine.export import (
     dilate,
     extract_mesh,
     load_glb,
-    mesh_from_density,
     write_glb,
     write_obj,
+    unwrap,
     write_preview,
 )
 from engine.raster import render_textured, sample_bilinear
@@ -30,6 +30,15 @@ RED = np.array([1.0, 0.0, 0.0])
 BLUE = np.array([0.0, 0.0, 1.0])
 GREEN = np.array([0.1, 0.8, 0.2])
 GREY = np.array([0.5, 0.5, 0.5])
+
+
+def mesh_from_density(density, bound: float, level: float, colour_fn, texture_size: int = 1024) -> TexturedMesh:
+    """The export pipeline up to files: iso-surface, unwrap, bake."""
+    vertices, faces = extract_mesh(density, bound, level)
+    vertices, faces, uvs = unwrap(vertices, faces, texture_size)
+    texture = bake_texture(vertices, faces, uvs, colour_fn, texture_size)
+    return TexturedMesh(vertices, faces, uvs, texture)
+
 
 
 def grid(size: int, bound: float):
