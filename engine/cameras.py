@@ -10,7 +10,8 @@ Image rows run top to bottom; pixel (row i, col j) has its centre at (j + 0.5, i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -157,6 +158,22 @@ class CameraConvention:
             lerp(self.distance, u[2]), lerp(self.fov_y_deg, u[3]),
         )
 
+    def around(self, rig: Sequence[Camera]) -> "CameraConvention":
+        """This convention moved to the rig's mean distance, elevation and field of view, spreads kept."""
+        if not rig:
+            return self
+        ratio = float(np.mean([camera.distance for camera in rig])) / self.mean_distance
+        elevation = float(np.mean([camera.elevation_deg for camera in rig]))
+        fov = float(np.mean([camera.fov_y_deg for camera in rig]))
+
+        def centred(bounds, centre, low, high):
+            half = (bounds[1] - bounds[0]) / 2
+            return (max(low, centre - half), min(high, centre + half))
+
+        return replace(self, distance=(self.distance[0] * ratio, self.distance[1] * ratio),
+                       elevation_deg=centred(self.elevation_deg, elevation, -85.0, 85.0),
+                       fov_y_deg=centred(self.fov_y_deg, fov, 5.0, 120.0))
+
     def ring(self, azimuths: int, elevations_deg) -> list[Camera]:
         """Fixed cameras at the mean distance and fov: ``azimuths`` evenly spaced per elevation."""
         return [
@@ -164,3 +181,18 @@ class CameraConvention:
             for el in elevations_deg
             for i in range(azimuths)
         ]
+
+
+class ViewSampler:
+    """The optimisation's camera for each step: the rig's views in turn every ``rig_every`` steps,
+    and otherwise a random view drawn around the rig (or from the prior's convention without one)."""
+
+    def __init__(self, convention: CameraConvention, rig: Sequence[Camera] = (), rig_every: int = 4):
+        self.rig = list(rig)
+        self.convention = convention.around(self.rig)
+        self.rig_every = rig_every
+
+    def camera(self, step: int, generator: torch.Generator) -> Camera:
+        if self.rig and step % self.rig_every == 0:
+            return self.rig[(step // self.rig_every) % len(self.rig)]
+        return self.convention.sample(generator)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from ..cameras import Camera
+from ..cameras import Camera, ViewSampler
 from ..colour import backproject, decode_views, view_fidelity
 from ..export import TexturedMesh, bake_texture, extract_mesh, unwrap
 from ..field import EnvironmentBackground, VoxelField
@@ -112,12 +113,22 @@ def colour_cameras(prior: Prior, azimuths: int, rig: list[Camera] = ()) -> list[
     return list(rig) + ring
 
 
-class FieldOptimisation:
-    """One score-distillation run on a fresh field: ``step()`` is one SDS/SJC iteration."""
+# An extra loss on the field (Sketch-Shape's occupancy term), weighted per latent pixel like the
+# regularisers; it gets the field and the fraction of the run done.
+FieldLoss = Callable[[VoxelField, float], torch.Tensor]
 
-    def __init__(self, prompt: str, prior: Prior, config: GenerateConfig, generator: torch.Generator):
+
+class FieldOptimisation:
+    """One score-distillation run on a fresh field: ``step()`` is one SDS/SJC iteration.
+
+    The rig's cameras are among the optimised views, and the random views are drawn around them."""
+
+    def __init__(self, prompt: str, prior: Prior, config: GenerateConfig, generator: torch.Generator,
+                 rig: Sequence[Camera] = (), extra_loss: FieldLoss | None = None):
         meta = prior.metadata
         self.prior, self.config, self.generator = prior, config, generator
+        self.views = ViewSampler(meta.camera, rig)
+        self.extra_loss = extra_loss
         self.field = VoxelField(config.grid_resolution, prior.latent_channels, meta.scene_bound,
                                 config.blob_strength, config.blob_radius).to(prior.device)
         self.background = _background(prior)
@@ -135,7 +146,7 @@ class FieldOptimisation:
         progress = step / max(config.steps - 1, 1)
         ramp = min(1.0, progress / config.feature_warmup) if config.feature_warmup > 0 else 1.0
         self.optimiser.param_groups[1]["lr"] = config.feature_learning_rate * (0.1 + 0.9 * ramp)
-        camera = self.prior.metadata.camera.sample(self.generator)
+        camera = self.views.camera(step, self.generator)
         out = render(self.field, camera, size, size, config.samples_per_ray, self.background, self.generator)
         latents = out.features[None]
         score = self.guidance.step(latents, self.prompts.for_camera(camera), self.prompts.unconditional,
@@ -145,6 +156,8 @@ class FieldOptimisation:
         regular = regular + config.entropy_weight * progress * opacity_entropy(out.opacity)
         if config.center_depth_weight:
             regular = regular + config.center_depth_weight * center_depth_loss(out.depth, out.opacity)
+        if self.extra_loss is not None:
+            regular = regular + self.extra_loss(self.field, progress)
         loss = surrogate_loss(latents, score.gradient) + size * size * regular
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,10 +167,10 @@ class FieldOptimisation:
 
 
 def optimise_field(prompt: str, prior: Prior, config: GenerateConfig, generator: torch.Generator,
-                   on_progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None) -> FieldOptimisation:
+                   on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                   rig: Sequence[Camera] = (), extra_loss: FieldLoss | None = None) -> FieldOptimisation:
     """The SDS / SJC loop, reporting every step and checking for cancellation before each."""
-    run = FieldOptimisation(prompt, prior, config, generator)
+    run = FieldOptimisation(prompt, prior, config, generator, rig, extra_loss)
     preview_every = config.preview_every or max(1, config.steps // 20)
     for step in range(config.steps):
         if cancel is not None:
@@ -170,21 +183,22 @@ def optimise_field(prompt: str, prior: Prior, config: GenerateConfig, generator:
     return run
 
 
-def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
-             on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-             rig: list[Camera] = ()) -> GenerateResult:
-    """Prompt -> UV-textured mesh in Blender axes. Deterministic for a given seed on the CPU."""
-    config = config or GenerateConfig()
+def seeded_generator(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise ValueError("the prompt is empty")
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    timings = {}
 
-    started = time.perf_counter()
-    run = optimise_field(prompt, prior, config, generator, on_progress, cancel)
-    field_, background, final_loss = run.field, run.background, run.final_loss
-    timings["optimise_s"] = time.perf_counter() - started
+
+def textured_mesh(run: FieldOptimisation, config: GenerateConfig, rig: Sequence[Camera] = (),
+                  on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                  timings: dict | None = None) -> GenerateResult:
+    """The optimised field -> marching cubes -> xatlas UVs -> texture baked from decoded views."""
+    prior, field_, background, final_loss = run.prior, run.field, run.background, run.final_loss
+    timings = {} if timings is None else timings
 
     def check_cancel() -> None:  # between the stages that cannot stop half-way
         if cancel is not None:
@@ -220,6 +234,24 @@ def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
     preview = (views[0].image * 255).round().astype(np.uint8)
     if on_progress is not None:
         on_progress(Progress("colour", 1, 1, final_loss, preview))
-    log.info("generated %r: %d vertices, %d faces, colour error %.3f, %s", prompt, len(mesh.vertices),
-             len(mesh.faces), colour_error, {k: round(v, 2) for k, v in timings.items()})
     return GenerateResult(mesh, preview, timings, colour_error, final_loss)
+
+
+def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
+             on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+             rig: Sequence[Camera] = ()) -> GenerateResult:
+    """Prompt -> UV-textured mesh in Blender axes. Deterministic for a given seed on the CPU.
+
+    ``rig``: cameras (Blender world, the prop at the origin) that are always among the optimised
+    and the decoded views, so the prop looks right from the shot."""
+    config = config or GenerateConfig()
+    check_prompt(prompt)
+    generator = seeded_generator(config.seed)
+    started = time.perf_counter()
+    run = optimise_field(prompt, prior, config, generator, on_progress, cancel, rig)
+    timings = {"optimise_s": time.perf_counter() - started}
+    result = textured_mesh(run, config, rig, on_progress, cancel, timings)
+    mesh = result.mesh
+    log.info("generated %r: %d vertices, %d faces, colour error %.3f, %s", prompt, len(mesh.vertices),
+             len(mesh.faces), result.colour_error, {k: round(v, 2) for k, v in timings.items()})
+    return result

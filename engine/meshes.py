@@ -1,0 +1,112 @@
+"""A user's mesh as paint and sketch take it: checked, loaded from a file, and moved into the prior's frame.
+
+Tasks work in the frame the prior was trained in (objects centred on the origin, about a metre
+across); ``Normalisation`` maps a user's mesh and cameras into that frame and results back out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from .cameras import Camera
+
+MAX_FACES = 500_000  # beyond this, per-view rasterisation no longer fits a prop-sized job
+MAX_VERTICES = 1_000_000
+MAX_COORDINATE = 1.0e4  # metres; anything beyond is a unit mistake, not a prop
+MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+
+
+class MeshError(ValueError):
+    """A mesh the engine cannot use; the message says what is wrong in one line."""
+
+
+@dataclass
+class MeshInput:
+    vertices: np.ndarray  # (V, 3) float64, Blender axes
+    faces: np.ndarray  # (F, 3) int64
+    uvs: np.ndarray | None = None  # (V, 2) float64 in [0, 1], bottom-left origin, or None
+
+
+def validate_mesh(vertices, faces, uvs=None, max_faces: int = MAX_FACES) -> MeshInput:
+    """Check shapes, sizes, finiteness and indices; returns the arrays as a ``MeshInput``."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces)
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise MeshError(f"vertices must have shape (N, 3), got {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise MeshError(f"faces must be triangles with shape (M, 3), got {faces.shape}")
+    if len(vertices) < 3 or len(faces) < 1:
+        raise MeshError("the mesh is empty: it needs at least 3 vertices and 1 face")
+    if len(faces) > max_faces or len(vertices) > MAX_VERTICES:
+        raise MeshError(f"the mesh is too large: {len(faces)} faces and {len(vertices)} vertices "
+                        f"(at most {max_faces} faces and {MAX_VERTICES} vertices)")
+    if not np.issubdtype(faces.dtype, np.integer):
+        raise MeshError(f"face indices must be integers, got {faces.dtype}")
+    if not np.isfinite(vertices).all():
+        raise MeshError("the vertices are not all finite (NaN or infinity)")
+    if np.abs(vertices).max() > MAX_COORDINATE:
+        raise MeshError(f"vertex coordinates must lie within ±{MAX_COORDINATE:g}")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise MeshError(f"face indices must lie in [0, {len(vertices)}), got [{faces.min()}, {faces.max()}]")
+    extent = np.ptp(vertices[np.unique(faces)], axis=0)
+    if extent.max() <= 0:
+        raise MeshError("the mesh has no extent: all its vertices are at one point")
+    if uvs is not None:
+        uvs = np.asarray(uvs, dtype=np.float64)
+        if uvs.shape != (len(vertices), 2):
+            raise MeshError(f"uvs must have shape ({len(vertices)}, 2), got {uvs.shape}")
+        if not np.isfinite(uvs).all():
+            raise MeshError("the uvs are not all finite")
+    return MeshInput(vertices, faces.astype(np.int64), uvs)
+
+
+def load_mesh(path: str | Path, max_faces: int = MAX_FACES) -> MeshInput:
+    """A mesh file (glb, gltf, obj, ply, stl, off) as one triangle mesh in Blender axes, UVs kept."""
+    from .axes import gltf_to_blender
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeshError(f"no mesh file at {str(path)!r}")
+    if path.suffix.lower() not in MESH_SUFFIXES:
+        raise MeshError(f"cannot read {path.suffix or 'a file without a suffix'}; use one of "
+                        f"{', '.join(MESH_SUFFIXES)}")
+    try:
+        loaded = trimesh.load(path, force="mesh", process=False)
+    except Exception as error:  # trimesh raises many types for corrupt files
+        raise MeshError(f"cannot read {path.name}: {error}") from None
+    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
+        raise MeshError(f"{path.name} holds no triangles")
+    vertices = np.asarray(loaded.vertices, dtype=np.float64)
+    if path.suffix.lower() in (".glb", ".gltf"):
+        vertices = gltf_to_blender(vertices)
+    uv = getattr(loaded.visual, "uv", None)
+    uvs = None if uv is None or len(uv) != len(vertices) else np.asarray(uv, dtype=np.float64)
+    return validate_mesh(vertices, np.asarray(loaded.faces), uvs, max_faces)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """user = centre + scale * frame: centres the bounding box and fits its largest half-extent."""
+
+    centre: np.ndarray  # (3,)
+    scale: float
+
+    @classmethod
+    def fit(cls, vertices: np.ndarray, half_extent: float) -> "Normalisation":
+        low, high = vertices.min(axis=0), vertices.max(axis=0)
+        return cls((low + high) / 2, float((high - low).max() / 2 / half_extent))
+
+    def to_frame(self, points: np.ndarray) -> np.ndarray:
+        return (np.asarray(points, dtype=np.float64) - self.centre) / self.scale
+
+    def to_user(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points, dtype=np.float64) * self.scale + self.centre
+
+    def camera_to_frame(self, camera: Camera) -> Camera:
+        c2w = np.array(camera.c2w, dtype=np.float64)
+        c2w[:3, 3] = self.to_frame(c2w[:3, 3])
+        return Camera(c2w, camera.fov_y_deg)
