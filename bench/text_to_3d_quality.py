@@ -46,8 +46,9 @@ def configure(preset: str, seed: int, assignments: list[str]):
     for assignment in assignments:
         key, value = assignment.split("=", 1)
         target = config
-        if key.startswith("guidance."):
-            target, key = config.guidance, key.split(".", 1)[1]
+        while "." in key:  # nested configs: guidance.guidance_scale, colour_refine.strength
+            part, key = key.split(".", 1)
+            target = getattr(target, part)
         current = getattr(target, key)
         setattr(target, key, type(current)(value) if not isinstance(current, bool) else value == "true")
     return config
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", default="out/quality/text_to_3d.json")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="override GenerateConfig fields (guidance.X for the guidance config)")
+                        help="override GenerateConfig fields (guidance.X, colour_refine.X for nested configs)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

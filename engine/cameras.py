@@ -183,12 +183,28 @@ class CameraConvention:
         ]
 
 
+def fit_rig(rig: Sequence[Camera], distance: float) -> list[Camera]:
+    """The rig scaled about the origin so that its mean distance is ``distance``: a shot camera
+    eleven metres from a one-metre prop would otherwise show the prior an object a fraction of the
+    size it was trained on. Directions, aim and field of view are kept."""
+    if not rig:
+        return []
+    scale = distance / max(float(np.mean([camera.distance for camera in rig])), 1e-9)
+    fitted = []
+    for camera in rig:
+        c2w = np.array(camera.c2w, dtype=np.float64)
+        c2w[:3, 3] *= scale
+        fitted.append(Camera(c2w, camera.fov_y_deg))
+    return fitted
+
+
 class ViewSampler:
     """The optimisation's camera for each step: the rig's views in turn every ``rig_every`` steps,
-    and otherwise a random view drawn around the rig (or from the prior's convention without one)."""
+    and otherwise a random view drawn around the rig's elevation and field of view (or from the
+    prior's convention without a rig). The rig is first fitted to the convention's distance."""
 
     def __init__(self, convention: CameraConvention, rig: Sequence[Camera] = (), rig_every: int = 4):
-        self.rig = list(rig)
+        self.rig = fit_rig(rig, convention.mean_distance)
         self.convention = convention.around(self.rig)
         self.rig_every = rig_every
 

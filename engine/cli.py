@@ -1,45 +1,76 @@
-"""Command line: ``python -m engine generate "PROMPT" -o OUT.glb [options]``."""
+"""Command line: ``python -m engine generate "PROMPT" -o OUT.glb [options]``, and ``paint`` / ``sketch``
+with a mesh file before the prompt."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .guidance import METHODS
-from .tasks.generate import PRESETS
 
 DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One command: the engine task it runs (``engine.tasks.<name>``, with ``<name>()`` and
+    ``preset_config()``) and whether it starts from a mesh file."""
+
+    name: str
+    help: str
+    takes_mesh: bool
+
+    def module(self):
+        return importlib.import_module(f"{__package__}.tasks.{self.name}")
+
+
+TASKS = {task.name: task for task in (
+    Task("generate", "text to a UV-textured GLB", takes_mesh=False),
+    Task("paint", "paint a texture onto a mesh from the prompt, keeping its shape (Latent-Paint)", takes_mesh=True),
+    Task("sketch", "refine a rough mesh into a textured prop from the prompt (Sketch-Shape)", takes_mesh=True),
+)}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """Bad arguments get one line on stderr and exit code 2, not a usage dump."""
 
     def error(self, message: str):  # noqa: D401 - argparse's API
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def add_common_options(command: argparse.ArgumentParser) -> None:
+    """The output and the options every task shares."""
+    command.add_argument("-o", "--output", required=True, help="the .glb to write; .obj/.mtl/.png and "
+                         "a _preview.png go beside it")
+    command.add_argument("--model", help="diffusers Stable Diffusion folder or cached Hugging Face id "
+                         "(default: the embedded Primitive World prior)")
+    command.add_argument("--preset", default="standard", help="draft, standard or high (default standard)")
+    command.add_argument("--steps", type=int, help="optimisation steps (default: the preset's)")
+    command.add_argument("--seed", type=int, default=0, help="random seed; same seed, same asset (default 0)")
+    command.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 100)")
+    command.add_argument("--negative", default="", help="negative prompt")
+    command.add_argument("--method", default="sds", help=f"score estimator: {' or '.join(METHODS)}")
+    command.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    command.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="python -m engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    generate = commands.add_parser("generate", help="text to a UV-textured GLB")
-    generate.add_argument("prompt", help='what to make, e.g. "a red cube"')
-    generate.add_argument("-o", "--output", required=True, help="the .glb to write; .obj/.mtl/.png and "
-                          "a _preview.png go beside it")
-    generate.add_argument("--model", help="diffusers Stable Diffusion folder or cached Hugging Face id "
-                          "(default: the embedded Primitive World prior)")
-    generate.add_argument("--preset", default="standard", help="draft, standard or high (default standard)")
-    generate.add_argument("--steps", type=int, help="optimisation steps (default: the preset's)")
-    generate.add_argument("--seed", type=int, default=0, help="random seed; same seed, same asset (default 0)")
-    generate.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 100)")
-    generate.add_argument("--negative", default="", help="negative prompt")
-    generate.add_argument("--method", default="sds", help=f"score estimator: {' or '.join(METHODS)}")
-    generate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    generate.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    for task in TASKS.values():
+        command = commands.add_parser(task.name, help=task.help)
+        if task.takes_mesh:
+            command.add_argument("mesh", help="the mesh file (glb, gltf, obj, ply, stl or off), in Blender "
+                                 "axes except glTF, which is Y-up")
+        command.add_argument("prompt", help='what to make, e.g. "a red cube"')
+        add_common_options(command)
     return parser
 
 
@@ -72,8 +103,6 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--steps must be a positive number of steps, got {args.steps}")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance > 0):
         parser.error(f"--guidance must be a positive number, got {args.guidance}")
-    if args.preset not in PRESETS:
-        parser.error(f"unknown --preset {args.preset!r}; use {', '.join(PRESETS)}")
     if args.method not in METHODS:
         parser.error(f"unknown --method {args.method!r}; use {' or '.join(METHODS)}")
     if args.device not in DEVICES:
@@ -83,34 +112,65 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.output = _check_output(parser, args.output)
 
 
-def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def load_input_mesh(parser: argparse.ArgumentParser, path: str):
+    """The mesh file as an engine MeshInput; a file the engine cannot use is a bad argument."""
+    from .meshes import MeshError, load_mesh
 
+    try:
+        return load_mesh(Path(path).expanduser())
+    except MeshError as error:  # its message names the file only when reading it failed
+        parser.error(str(error) if Path(path).name in str(error) else f"{path}: {error}")
+
+
+def task_config(parser: argparse.ArgumentParser, args: argparse.Namespace, module):
+    """The task's preset with the command line's overrides; an unknown preset is a bad argument."""
+    overrides = {"seed": args.seed, "negative_prompt": args.negative}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    try:
+        config = module.preset_config(args.preset, **overrides)
+    except ValueError as error:
+        parser.error(str(error))
+    config.guidance.method = args.method
+    if args.guidance is not None:
+        config.guidance.guidance_scale = args.guidance
+    return config
+
+
+class ProgressBar:
+    """Engine progress as a tqdm bar on stderr: optimisation steps, then the name of each later stage."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="optimising", unit="step", file=sys.stderr)
+
+    def __call__(self, event) -> None:
+        if event.phase == "optimise":
+            self.bar.update(event.step - self.bar.n)
+            if event.loss is not None:
+                self.bar.set_postfix(loss=f"{event.loss:.3g}")
+        else:
+            self.bar.set_description(event.phase)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_task(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .outputs import write_outputs
     from .prior import PriorError, load_prior
-    from .progress import Progress
-    from .tasks.generate import generate, preset_config
 
+    task = TASKS[args.command]
+    module = task.module()
+    inputs = [load_input_mesh(parser, args.mesh)] if task.takes_mesh else []  # before minutes of model loading
+    config = task_config(parser, args, module)
     try:
         prior = load_prior(args.model, device=args.device)
     except PriorError as error:
         parser.error(str(error))
-    config = preset_config(args.preset, seed=args.seed, negative_prompt=args.negative,
-                           **({"steps": args.steps} if args.steps is not None else {}))
-    config.guidance.method = args.method
-    if args.guidance is not None:
-        config.guidance.guidance_scale = args.guidance
-
-    bar = tqdm(total=config.steps, desc="optimising", unit="step", file=sys.stderr)
-
-    def on_progress(event: Progress) -> None:
-        if event.phase == "optimise":
-            bar.update(event.step - bar.n)
-            bar.set_postfix(loss=f"{event.loss:.3g}")
-        else:
-            bar.set_description(event.phase)
-
-    result = generate(args.prompt, prior, config, on_progress=on_progress)
+    bar = ProgressBar(config.steps)
+    result = getattr(module, task.name)(*inputs, args.prompt, prior, config, on_progress=bar)
     bar.close()
     written = write_outputs(result.mesh, args.output)
     print(f"wrote {', '.join(str(p) for p in written)}")
@@ -123,4 +183,4 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     validate(parser, args)
-    return run_generate(parser, args)
+    return run_task(parser, args)

@@ -13,9 +13,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.spatial import cKDTree
 
-from .cameras import Camera, project
+from .cameras import Camera, camera_rays, project
 from .field import EnvironmentBackground, VoxelField
 from .prior import Prior
 from .raster import rasterize, render_textured
@@ -27,25 +28,47 @@ class DecodedView:
     camera: Camera
     image: np.ndarray  # (H, W, 3) float in [0, 1], the VAE's decoding of the rendered latents
     opacity: np.ndarray  # (H, W), the field's accumulated alpha, upsampled to the image size
+    background: np.ndarray | None = None  # (H, W, 3), the decoded background alone, seen from this view
 
 
 @torch.no_grad()
 def decode_views(prior: Prior, field: VoxelField, background: EnvironmentBackground, cameras: list[Camera],
                  samples_per_ray: int, batch_size: int = 8,
-                 on_batch: Callable[[], None] = lambda: None) -> list[DecodedView]:
-    """``on_batch`` runs before each batch; it may raise to stop (cancellation)."""
+                 on_batch: Callable[[], None] = lambda: None,
+                 refine: Callable[[torch.Tensor, list[Camera]], torch.Tensor] | None = None) -> list[DecodedView]:
+    """``on_batch`` runs before each batch; it may raise to stop (cancellation). ``refine`` maps a
+    batch of rendered latents (and their cameras) to the latents that are decoded."""
     size, image_size = prior.metadata.latent_size, prior.metadata.image_size
     views = []
     for start in range(0, len(cameras), batch_size):
         on_batch()
         chunk = cameras[start:start + batch_size]
         renders = [render(field, cam, size, size, samples_per_ray, background) for cam in chunk]
-        images = prior.decode(torch.stack([r.features for r in renders]))
+        latents = torch.stack([r.features for r in renders])
+        images = prior.decode(refine(latents, chunk) if refine is not None else latents)
         opacity = torch.nn.functional.interpolate(torch.stack([r.opacity for r in renders])[:, None],
                                                   size=(image_size, image_size), mode="bilinear")
-        for cam, image, alpha in zip(chunk, images, opacity):
-            views.append(DecodedView(cam, image.permute(1, 2, 0).cpu().numpy(), alpha[0].cpu().numpy()))
+        behind = prior.decode(torch.stack([_background_latents(background, cam, size) for cam in chunk]))
+        for cam, image, alpha, plain in zip(chunk, images, opacity, behind):
+            views.append(DecodedView(cam, image.permute(1, 2, 0).cpu().numpy(), alpha[0].cpu().numpy(),
+                                     plain.permute(1, 2, 0).cpu().numpy()))
     return views
+
+
+def _background_latents(background: EnvironmentBackground, camera: Camera, size: int) -> torch.Tensor:
+    _, directions = camera_rays(camera, size, size, device=background.image.device)
+    return background(directions.reshape(-1, 3)).T.reshape(-1, size, size)
+
+
+def foreground_mask(view: DecodedView, threshold: float, grow: int = 0) -> np.ndarray:
+    """Pixels whose colour differs from the decoded background by more than ``threshold`` in some
+    channel, grown by ``grow`` pixels (shrunk when negative)."""
+    if view.background is None:
+        raise ValueError("a foreground mask needs the view's decoded background")
+    mask = np.abs(view.image - view.background).max(axis=-1) > threshold
+    if grow > 0:
+        return binary_dilation(mask, iterations=grow)
+    return binary_erosion(mask, iterations=-grow) if grow < 0 else mask
 
 
 def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -63,9 +86,12 @@ def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
                 views: list[DecodedView], depth_tolerance: float, angle_power: float = 2.0,
-                on_view: Callable[[], None] = lambda: None):
+                on_view: Callable[[], None] = lambda: None, foreground_threshold: float | None = None):
     """Weighted mean colour (N, 3) over the views that see each surface point, and a seen mask.
-    ``on_view`` runs before each view; it may raise to stop (cancellation)."""
+    ``on_view`` runs before each view; it may raise to stop (cancellation). With a
+    ``foreground_threshold``, a view lends no colour where it shows background (a surface point
+    seen at a grazing angle, or one the mesh has and the view has not): such points take the colour
+    of the nearest point that was seen."""
     total = np.zeros((len(points), 3))
     weight_sum = np.zeros(len(points))
     for view in views:
@@ -80,6 +106,10 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
         to_camera = view.camera.position[None] - points
         to_camera /= np.linalg.norm(to_camera, axis=1, keepdims=True)
         facing = np.clip((normals * to_camera).sum(axis=1), 0, 1)
+        if foreground_threshold is not None:
+            # shrunk by a pixel: bilinear taps at the silhouette's edge mix in the background
+            object_pixel = foreground_mask(view, foreground_threshold, grow=-1)
+            visible[inside] &= object_pixel[rows[inside], cols[inside]]
         weight = np.where(visible, facing**angle_power, 0.0)
         used = weight > 0
         total[used] += weight[used, None] * _bilinear(view.image, xy[used])

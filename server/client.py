@@ -92,6 +92,19 @@ class Result:
         return path
 
 
+def plain(value):
+    """``value`` with numpy arrays and scalars turned into the lists and numbers msgpack packs."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
 class Client:
     def __init__(self, address: str = DEFAULT_ADDRESS, client_id: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, curve: CurveKeys | None = None,
@@ -135,8 +148,15 @@ class Client:
 
     def submit(self, prompt: str, kind: str = "generate", inputs: dict[str, np.ndarray] | None = None,
                timeout: float | None = None, **params) -> str:
-        """Queue a job; returns its id. ``inputs``: vertices, faces and optional uvs for paint and sketch."""
-        reply = self._request(Msg.SUBMIT, timeout, arrays=inputs, kind=kind, params={"prompt": prompt, **params})
+        """Queue a job; returns its id.
+
+        ``inputs``: vertices, faces and optional uvs for paint and sketch, in any numeric dtype (they
+        are sent as float32 / int32). ``params`` may hold numpy values, e.g. ``cameras=[{"c2w":
+        matrix, "fov_y_deg": 40.0}]`` with a 4x4 array; they are sent as plain numbers and lists.
+        """
+        arrays = protocol.cast_frames(inputs, protocol.SUBMIT_FRAMES.get(kind, {})) if inputs else None
+        reply = self._request(Msg.SUBMIT, timeout, arrays=arrays, kind=kind,
+                              params=plain({"prompt": prompt, **params}))
         return reply.header["job_id"]
 
     def cancel(self, job_id: str, timeout: float | None = None) -> dict:

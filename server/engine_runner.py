@@ -1,14 +1,19 @@
-"""The engine behind the server: which job kinds it runs, job params -> engine config, and running one job."""
+"""The engine behind the server: which job kinds it runs, job params -> engine inputs, and running one job."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 
-from engine import CancelToken, GenerateConfig, PriorError, generate, load_prior
-from engine.tasks.generate import preset_config
+from engine import Camera, CancelToken, PriorError, load_prior
+from engine.meshes import MeshError, MeshInput, validate_mesh
+from engine.tasks import generate, paint, sketch
 
 from .job_queue import Job
 from .protocol import Code, ProtocolError
@@ -17,36 +22,98 @@ from .settings import StartupError
 
 log = logging.getLogger(__name__)
 
-# Params that map one to one onto GenerateConfig fields; "preset" picks the defaults they override.
+# Params that map one to one onto the task configs' fields; "preset" picks the defaults they
+# override. The protocol lets through only the ones a kind has (no grid for paint).
 CONFIG_PARAMS = ("steps", "seed", "negative_prompt", "grid_resolution", "mesh_resolution", "texture_size")
 GUIDANCE_PARAMS = ("method", "guidance_scale")
+# How a MeshError's message names the input array it is about ("face indices ..." is faces).
+MESH_FIELD_WORDS = re.compile(r"\b(uvs|faces?|vertices)\b")
 
 
-def generate_config(params: dict) -> GenerateConfig:
-    config = preset_config(params.get("preset", "standard"), **{k: params[k] for k in CONFIG_PARAMS if k in params})
+@dataclass(frozen=True)
+class Task:
+    """How one job kind runs on the engine: its presets and its entry point."""
+
+    preset_config: Callable[..., object]
+    run: Callable[..., object]  # run([mesh,] prompt, prior, config, on_progress=, cancel=, rig=) -> result
+    takes_mesh: bool
+
+
+TASKS = {
+    "generate": Task(generate.preset_config, generate.generate, takes_mesh=False),
+    "paint": Task(paint.preset_config, paint.paint, takes_mesh=True),
+    "sketch": Task(sketch.preset_config, sketch.sketch, takes_mesh=True),
+}
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """What a job's params and arrays become, once, at submission."""
+
+    config: object  # the task's config dataclass
+    mesh: MeshInput | None  # paint and sketch: the input mesh, user (Blender world) coordinates
+    rig: tuple[Camera, ...]  # generate: the prop's frame; paint and sketch: the mesh's coordinates
+
+
+def task_config(task: Task, params: dict):
+    config = task.preset_config(params.get("preset", "standard"),
+                                **{k: params[k] for k in CONFIG_PARAMS if k in params})
     config.guidance = dataclasses.replace(config.guidance, **{k: params[k] for k in GUIDANCE_PARAMS if k in params})
     return config
 
 
+def rig_cameras(cameras: list[dict]) -> tuple[Camera, ...]:
+    """The protocol's camera maps (already checked to be rigid, finite and bounded) as engine cameras.
+
+    Their aspect is not passed on: the engine renders the square views the prior was trained on."""
+    return tuple(Camera(np.array(camera["c2w"], dtype=np.float64), camera["fov_y_deg"]) for camera in cameras)
+
+
+def mesh_error_field(message: str) -> str:
+    """The input array a MeshError is about: the first one its message names."""
+    match = MESH_FIELD_WORDS.search(message.lower())
+    return "vertices" if match is None else {"face": "faces"}.get(match.group(1), match.group(1))
+
+
+def refused_mesh(error: MeshError) -> ProtocolError:
+    field = mesh_error_field(str(error))
+    return ProtocolError(Code.BAD_REQUEST, f"{field}: {error}", field)
+
+
+def input_mesh(arrays: dict[str, np.ndarray]) -> MeshInput:
+    try:
+        return validate_mesh(arrays["vertices"], arrays["faces"], arrays.get("uvs"))
+    except MeshError as error:
+        raise refused_mesh(error) from None
+
+
 class EngineRunner:
-    # Latent-Paint and Sketch-Shape are part of the protocol but not of this engine version yet.
-    kinds = ("generate",)
+    kinds = tuple(TASKS)
 
     def __init__(self, prior):
         self.prior = prior
 
-    def prepare(self, kind: str, params: dict, inputs: dict) -> GenerateConfig:
+    def prepare(self, kind: str, params: dict, inputs: dict) -> PreparedJob:
         """Everything about a job that can be refused is refused here, before it is queued."""
         if kind not in self.kinds:
             raise ProtocolError(Code.BAD_REQUEST, f"kind {kind!r} is not available in this engine version "
                                 f"(available: {', '.join(self.kinds)})", "kind")
+        task = TASKS[kind]
         try:
-            return generate_config(params)
+            config = task_config(task, params)
         except ValueError as error:
             raise ProtocolError(Code.BAD_REQUEST, f"params: {error}", "params") from None
+        mesh = input_mesh(inputs) if task.takes_mesh else None
+        return PreparedJob(config, mesh, rig_cameras(params.get("cameras", [])))
 
     def run(self, job: Job, on_progress, cancel: CancelToken) -> JobOutput:
-        result = generate(job.params["prompt"], self.prior, job.prepared, on_progress=on_progress, cancel=cancel)
+        task, prepared = TASKS[job.kind], job.prepared
+        inputs = (prepared.mesh,) if task.takes_mesh else ()
+        try:
+            result = task.run(*inputs, job.params["prompt"], self.prior, prepared.config, on_progress=on_progress,
+                              cancel=cancel, rig=prepared.rig)
+        except MeshError as error:  # found only once the engine works on it, e.g. a sketch enclosing nothing
+            raise refused_mesh(error) from None
         return JobOutput(result.mesh, result.preview)
 
 

@@ -80,9 +80,16 @@ MAX_PROMPT_CHARS = 1000
 MAX_STEPS = 20000
 MAX_SEED = 2**32 - 1
 GUIDANCE_RANGE = (1.0, 1000.0)
+# The engine's own mesh bounds (engine.meshes): a mesh the protocol lets through, the engine takes.
 MAX_VERTICES = 1_000_000
-MAX_FACES = 2_000_000
+MAX_FACES = 500_000
 MAX_COORDINATE = 1.0e4  # metres; anything beyond is a unit mistake, not a prop
+MAX_CAMERAS = 16
+FOV_Y_RANGE = (1.0, 179.0)  # degrees, both ends excluded
+ASPECT_RANGE = (0.0, 100.0)  # width / height, both ends excluded
+# How far a camera matrix's rotation part may be from orthonormal: Blender's matrices are float32
+# (errors near 1e-7), while any real scale or shear left in them is far larger.
+ROTATION_TOLERANCE = 1.0e-4
 MAX_REQUEST_ID = 2**63 - 1
 CLIENT_ID_PATTERN = r"[A-Za-z0-9._:@-]{1,128}"
 JOB_ID_PATTERN = r"[0-9a-f]{32}"
@@ -164,12 +171,15 @@ class Int(Spec):
 class Float(Spec):
     low: float
     high: float
+    exclusive: bool = False  # both ends excluded
 
     def check(self, value, where):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise _bad(where, f"must be a number, got {_type_name(value)}")
         if not math.isfinite(value):
             raise _bad(where, f"must be finite, got {value}")
+        if self.exclusive and not self.low < value < self.high:
+            raise _bad(where, f"must be in ({self.low:g}, {self.high:g}), got {value:g}")
         if not self.low <= value <= self.high:
             raise _bad(where, f"must be in [{self.low:g}, {self.high:g}], got {value:g}")
         return float(value)
@@ -235,6 +245,33 @@ class Map(Spec):
 
 
 @dataclass(frozen=True)
+class RigidMatrix(Spec):
+    """A 4x4 rigid transform as 4 lists of 4 numbers: rotation and translation only, last row (0, 0, 0, 1)."""
+
+    max_translation: float
+    tolerance: float
+
+    def check(self, value, where):
+        if not (isinstance(value, list) and len(value) == 4
+                and all(isinstance(row, list) and len(row) == 4 for row in value)):
+            raise _bad(where, "must be 4 lists of 4 numbers (rows of a 4x4 matrix)")
+        rows = [[_FINITE.check(x, f"{where}[{i}][{j}]") for j, x in enumerate(row)]
+                for i, row in enumerate(value)]
+        matrix = np.array(rows)
+        if rows[3] != [0.0, 0.0, 0.0, 1.0]:
+            raise _bad(where, f"the last row must be (0, 0, 0, 1), got {tuple(rows[3])}")
+        rotation = matrix[:3, :3]
+        off = float(np.abs(rotation.T @ rotation - np.eye(3)).max())
+        if off > self.tolerance or np.linalg.det(rotation) <= 0:
+            raise _bad(where, f"the 3x3 part must be a rotation (orthonormal, right-handed: no scale, shear or "
+                              f"mirroring), but it is {off:.2g} from orthonormal with determinant "
+                              f"{np.linalg.det(rotation):.3g}")
+        if np.abs(matrix[:3, 3]).max() > self.max_translation:
+            raise _bad(where, f"the position must lie within ±{self.max_translation:g}")
+        return rows
+
+
+@dataclass(frozen=True)
 class AnyMap(Spec):
     """A map checked later, once the field it depends on is known (submit params depend on the kind)."""
 
@@ -251,6 +288,14 @@ _COUNT = Int(0, 2**31 - 1)
 _ERROR_FIELDS = {"code": Str(32, choices=Code.ALL), "message": Str(4000), "field": Nullable(Str(200))}
 ERROR_INFO = Map(_ERROR_FIELDS)
 
+# One camera of the rig: camera-to-world in Blender axes (the camera looks down its local -Z, +Y up),
+# vertical field of view in degrees, and the frame's width / height.
+CAMERA = Map({
+    "name": Opt(Str(200)),
+    "c2w": RigidMatrix(MAX_COORDINATE, ROTATION_TOLERANCE),
+    "fov_y_deg": Float(*FOV_Y_RANGE, exclusive=True),
+    "aspect": Opt(Float(*ASPECT_RANGE, exclusive=True)),
+})
 _COMMON_PARAMS = {
     "prompt": Str(MAX_PROMPT_CHARS, 1, non_blank=True),
     "negative_prompt": Opt(Str(MAX_PROMPT_CHARS)),
@@ -260,6 +305,9 @@ _COMMON_PARAMS = {
     "guidance_scale": Opt(Float(*GUIDANCE_RANGE)),
     "method": Opt(Str(8, choices=METHODS)),
     "texture_size": Opt(Int(512, 4096)),
+    # Cameras the result must look right from: world space for paint and sketch, the prop's own
+    # frame (the prop at the origin) for generate.
+    "cameras": Opt(ListOf(CAMERA, MAX_CAMERAS)),
 }
 _SHAPE_PARAMS = {"grid_resolution": Opt(Int(8, 128)), "mesh_resolution": Opt(Int(8, 256))}
 PARAMS = {
@@ -337,6 +385,24 @@ SUBMIT_FRAMES = {"generate": {}, "paint": MESH_INPUT_FRAMES, "sketch": MESH_INPU
 RESULT_FRAMES = {"vertices": MESH_INPUT_FRAMES["vertices"], "faces": MESH_INPUT_FRAMES["faces"],
                  "uvs": FrameSpec("float32", (None, 2)), "texture_png": _BYTES, "preview_png": _BYTES, "glb": _BYTES}
 FRAMES = {Msg.RESULT: RESULT_FRAMES, Msg.PREVIEW: {"image_png": _BYTES}}
+
+
+def cast_frames(arrays: Mapping[str, np.ndarray], specs: Mapping[str, FrameSpec]) -> dict[str, np.ndarray]:
+    """The arrays in the dtypes ``specs`` names (float64 vertices become float32, int64 faces int32);
+    arrays ``specs`` does not name pass unchanged, for the receiver to refuse. An integer that the
+    wire type cannot hold raises ValueError instead of wrapping around into a valid-looking index."""
+    cast = {}
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if name in specs:
+            dtype = DTYPES[specs[name].dtype]
+            if dtype.kind in "iu" and array.dtype.kind in "iu" and array.size:
+                limits = np.iinfo(dtype)
+                if array.min() < limits.min or array.max() > limits.max:
+                    raise ValueError(f"{name}: values beyond {dtype.name} cannot be sent")
+            array = array.astype(dtype, copy=False)
+        cast[name] = array
+    return cast
 
 
 def check_mesh(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray | None) -> None:

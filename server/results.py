@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.export import TexturedMesh, write_glb
 
-from .protocol import bytes_array, encode_png
+from .protocol import RESULT_FRAMES, bytes_array, cast_frames, encode_png
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ class ResultStore:
         write_glb(staging / GLB_NAME, mesh)
         (staging / PREVIEW_NAME).write_bytes(encode_png(output.preview))
         buffer = io.BytesIO()
-        np.savez(buffer, vertices=mesh.vertices, faces=mesh.faces, uvs=mesh.uvs,
-                 texture_png=bytes_array(encode_png(mesh.texture)))
+        # Stored in the dtypes the result message carries, whatever dtypes a task hands back.
+        np.savez(buffer, **cast_frames({"vertices": mesh.vertices, "faces": mesh.faces, "uvs": mesh.uvs},
+                                       RESULT_FRAMES), texture_png=bytes_array(encode_png(mesh.texture)))
         (staging / ARRAYS_NAME).write_bytes(buffer.getvalue())
         for name in (GLB_NAME, PREVIEW_NAME, ARRAYS_NAME):
             _fsync(staging / name)

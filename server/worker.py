@@ -19,7 +19,7 @@ from engine.progress import Cancelled, Progress
 
 from .events import EventChannel, preview_event, progress_event, state_event
 from .job_queue import Job, JobQueue
-from .protocol import Code, State, encode_png
+from .protocol import Code, ProtocolError, State, encode_png
 from .results import JobOutput, ResultStore
 from .store import JobStore
 
@@ -34,7 +34,8 @@ class Runner(Protocol):
 
     def prepare(self, kind: str, params: dict, inputs: dict) -> object: ...
 
-    def run(self, job: Job, on_progress: Callable[[Progress], None], cancel) -> JobOutput: ...
+    def run(self, job: Job, on_progress: Callable[[Progress], None], cancel) -> JobOutput:
+        """Raises ProtocolError when the job's input turns out unusable while it runs."""
 
 
 class ProgressReporter:
@@ -88,6 +89,8 @@ class Worker(threading.Thread):
                 raise Cancelled("cancelled by its client")
         except Cancelled:
             return self._finish(job, State.CANCELLED, Code.CANCELLED, "cancelled by its client")
+        except ProtocolError as error:  # the runner found the job's input unusable only once it ran
+            return self._finish(job, State.FAILED, error.code, error.message, error.field)
         except OUT_OF_MEMORY as error:
             _release_memory()
             return self._finish(job, State.FAILED, Code.OUT_OF_MEMORY,
@@ -104,8 +107,9 @@ class Worker(threading.Thread):
             return self._finish(job, State.FAILED, Code.INTERNAL, f"the server could not store the result: {error}")
         self._finish(job, State.DONE)
 
-    def _finish(self, job: Job, state: str, code: str | None = None, message: str = "") -> None:
-        error = {"code": code, "message": message, "field": None} if code else None
+    def _finish(self, job: Job, state: str, code: str | None = None, message: str = "",
+                field: str | None = None) -> None:
+        error = {"code": code, "message": message, "field": field} if code else None
         self.store.mark_finished(job.id, state, time.time(), error)
         self.events.publish(state_event(job.id, state, error))
         log.info("job %s %s%s", job.id, state, f": {message}" if message else "")

@@ -224,6 +224,10 @@ def in_blender_interface(addon):
     select_only("Camera")
     interface["no_mesh"] = reason(bpy.ops.dreamsmith.texture_selected)
     interface["sketch_no_mesh"] = reason(bpy.ops.dreamsmith.sketch_selected)
+    faceless = bpy.data.objects.new("Faceless", bpy.data.meshes.new("Faceless"))
+    bpy.context.scene.collection.objects.link(faceless)
+    select_only("Faceless")
+    interface["no_faces"] = reason(bpy.ops.dreamsmith.texture_selected)
     interface["generate_ready"] = bpy.ops.dreamsmith.generate.poll()
     return interface
 
@@ -237,6 +241,7 @@ def test_addon_registers_its_panel_and_operators_with_poll_reasons(source, addon
     assert seen["no_prompt"] == "Type a prompt first"
     assert seen["no_job"] == "No Dreamsmith job is running"
     assert seen["no_mesh"] == seen["sketch_no_mesh"] == "Select a mesh object first"
+    assert seen["no_faces"] == "'Faceless' has no faces"
     assert seen["generate_ready"] is True
 
 
@@ -307,6 +312,7 @@ def in_blender_scene_inputs(addon):
 
     scene = bpy.context.scene
     active = addon.job_inputs.camera_rig(scene, None)
+    from_cursor = addon.job_inputs.camera_rig(scene, None, (1.0, 2.0, 3.0))
     rig = bpy.data.collections.new("Rig")
     scene.collection.children.link(rig)
     for name, lens in (("Rig B", 35.0), ("Rig A", 50.0)):
@@ -328,7 +334,8 @@ def in_blender_scene_inputs(addon):
     corner_uvs = [tuple(loop.uv) for loop in cube.data.uv_layers.active.data]
     corner_positions = [tuple(cube.matrix_world @ cube.data.vertices[loop.vertex_index].co) for loop in cube.data.loops]
     return {
-        "active": active, "camera_matrix": [list(row) for row in bpy.data.objects["Camera"].matrix_world],
+        "active": active, "from_cursor": from_cursor,
+        "camera_matrix": [list(row) for row in bpy.data.objects["Camera"].matrix_world],
         "collection_names": [entry["name"] for entry in collection_rig], "orthographic": orthographic,
         "shapes": [list(sent.vertices.shape), list(sent.faces.shape), list(sent.uvs.shape)],
         "sent_corner_uvs": sent.uvs[sent.corner_vertex].tolist(), "corner_uvs": corner_uvs,
@@ -346,6 +353,9 @@ def test_camera_rig_and_mesh_inputs_are_read_from_the_scene(tmp_path):
     # The default camera: 50 mm lens on a 36 mm sensor, fitted to the width of a 1920x1080 frame.
     assert camera["fov_y_deg"] == pytest.approx(np.degrees(2 * np.arctan(18 / 50 * 1080 / 1920)), abs=1e-4)
     assert camera["aspect"] == pytest.approx(1920 / 1080)
+    (shifted,) = seen["from_cursor"]  # generate's rig: relative to the cursor, where the prop will be
+    np.testing.assert_allclose(np.array(shifted["c2w"])[:3, 3], np.array(camera["c2w"])[:3, 3] - [1, 2, 3], atol=1e-6)
+    np.testing.assert_array_equal(np.array(shifted["c2w"])[:, :3], np.array(camera["c2w"])[:, :3])
     assert seen["collection_names"] == ["Rig A", "Rig B"]
     assert "Rig A" in seen["orthographic"] and "perspective" in seen["orthographic"]
     # The cube: 8 corners split along its UV seams into 14, 12 triangles, one UV per sent vertex.
@@ -361,32 +371,65 @@ def in_blender_paint_and_sketch_results(addon):
     protocol, client = addon._vendor.protocol, addon._vendor.client
     png = protocol.encode_png(np.full((4, 4, 3), 200, np.uint8))
     cube = bpy.data.objects["Cube"]
+    cube.location = (3.0, 0.0, 1.0)
+    bpy.context.view_layer.update()
+    local_before = [tuple(v.co) for v in cube.data.vertices]
     sent = addon.job_inputs.mesh_input(cube)
     painted_uvs = 1.0 - sent.uvs
     result = client.Result("0" * 32, sent.vertices, sent.faces, painted_uvs, png, png, b"")
     painted = addon.importer.place_result(bpy.context, "paint", "a stone cube", "Cube", result)
     base_color = painted.active_material.node_tree.nodes["Principled BSDF"].inputs["Base Color"]
     image = base_color.links[0].from_node.image
+
+    def active_corner_uvs():
+        return np.array([tuple(d.uv) for d in cube.data.uv_layers.active.data])
+
     paint = {
         "object": painted.name, "vertices": len(cube.data.vertices), "uv_maps": cube.data.uv_layers.keys(),
         "active_uv_map": cube.data.uv_layers.active.name, "image_packed": image.packed_file is not None,
-        "corner_uvs_match": bool(np.allclose([tuple(d.uv) for d in cube.data.uv_layers.active.data],
-                                             painted_uvs[sent.corner_vertex], atol=1e-6)),
+        "corner_uvs_match": bool(np.allclose(active_corner_uvs(), painted_uvs[sent.corner_vertex], atol=1e-6)),
     }
+    # A result whose every triangle corner is a vertex of its own (the engine splits vertices along
+    # the seams of the UVs it makes); each carries the UV meant for the Blender loop behind it.
+    triangle_loops = np.array([tuple(triangle.loops) for triangle in cube.data.loop_triangles])
+    loop_uvs = np.stack([np.arange(len(cube.data.loops)) / 24, np.linspace(1, 0, len(cube.data.loops))], axis=1)
+    split = client.Result("1" * 32, sent.vertices[sent.faces].reshape(-1, 3),
+                          np.arange(triangle_loops.size, dtype=np.int32).reshape(-1, 3),
+                          loop_uvs[triangle_loops].reshape(-1, 2).astype(np.float32), png, png, b"")
+    addon.importer.place_result(bpy.context, "paint", "a stone cube", "Cube", split)
+    paint["split_uvs_match"] = bool(np.allclose(active_corner_uvs(), loop_uvs, atol=1e-6))
+    paint["geometry_kept"] = [tuple(v.co) for v in cube.data.vertices] == local_before
+    # A result that cannot be this mesh's: two vertices of the cube merged into one.
+    merged_faces = sent.faces.copy()
+    merged_faces[merged_faces == sent.faces[0, 1]] = sent.faces[0, 0]
+    merged = client.Result("2" * 32, sent.vertices, merged_faces, painted_uvs, png, png, b"")
+    try:
+        addon.importer.place_result(bpy.context, "paint", "a stone cube", "Cube", merged)
+        paint["merged"] = "accepted"
+    except addon.job_inputs.InputError as error:
+        paint["merged"] = str(error)
+
     made = addon.importer.place_result(bpy.context, "sketch", "a rock", "Cube", result)
+    bpy.context.view_layer.update()  # matrix_world follows the new location
     positions = np.array([tuple(made.matrix_world @ v.co) for v in made.data.vertices])
     sketch = {"object": made.name, "sketch_hidden": cube.hide_get(), "active": bpy.context.active_object.name,
+              "location": list(made.location),
               "same_place": bool(np.allclose(np.unique(positions.round(5), axis=0),
                                              np.unique(sent.vertices.round(5), axis=0), atol=1e-5))}
     return {"paint": paint, "sketch": sketch}
 
 
 def test_paint_and_sketch_results_go_into_the_scene_as_documented(tmp_path):
-    """The import side of Texture selected and Sketch, on results made here: the engine cannot make them yet."""
+    """The import side of Texture Selected and Sketch from Selected, on results made here."""
     seen = run_in_blender(in_blender_paint_and_sketch_results, tmp_path / "user")
+    merged = seen["paint"].pop("merged")
     assert seen["paint"] == {"object": "Cube", "vertices": 8, "uv_maps": ["UVMap", "Dreamsmith"],
-                             "active_uv_map": "Dreamsmith", "image_packed": True, "corner_uvs_match": True}
-    assert seen["sketch"] == {"object": "a rock", "sketch_hidden": True, "active": "a rock", "same_place": True}
+                             "active_uv_map": "Dreamsmith", "image_packed": True, "corner_uvs_match": True,
+                             "split_uvs_match": True, "geometry_kept": True}
+    assert "the mesh of 'Cube' changed while the job ran" in merged
+    # The new object's origin is the sketch's, and its vertices are where the sketch's were.
+    assert seen["sketch"] == {"object": "a rock", "sketch_hidden": True, "active": "a rock",
+                              "location": [3.0, 0.0, 1.0], "same_place": True}
 
 
 # -- without a server
@@ -510,12 +553,24 @@ def in_blender_generate(addon, address, results_dir):
         "image_packed": bool(texture and texture.image.packed_file is not None),
         "image_size": list(texture.image.size) if texture else None,
         "corners_match_server": bool(np.allclose(corners, served_corners, atol=1e-5)),
-        "max_distance_to_gltf_import": gltf_distance,
+        "max_distance_to_gltf_import": gltf_distance, "job_id": job.job_id,
+        "camera_matrix": [list(row) for row in bpy.data.objects["Camera"].matrix_world],
     }
+
+
+def received_params(server, job_id: str) -> dict:
+    """The params the server recorded for a job, read from its job table."""
+    import sqlite3
+
+    with sqlite3.connect(server.results_dir / "jobs.sqlite3") as table:
+        (params,) = table.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return json.loads(params)
 
 
 def test_generate_adds_a_textured_object_at_the_cursor_facing_like_the_engine(dreamsmith_server, addon_zip,
                                                                                   tmp_path):
+    import numpy as np
+
     seen = run_in_blender(in_blender_generate, tmp_path / "user", "zip", addon_zip, address=dreamsmith_server.address,
                           results_dir=str(dreamsmith_server.results_dir))
     assert seen["report"] == ""
@@ -526,6 +581,12 @@ def test_generate_adds_a_textured_object_at_the_cursor_facing_like_the_engine(dr
     assert seen["preview_shown"]  # the optimisation's preview pictures reached the panel's preview
     assert seen["corners_match_server"]  # the very arrays the server stored, placed at the cursor
     assert seen["max_distance_to_gltf_import"] < 1e-5
+    # The scene camera went with the job, relative to the cursor (where the engine's origin goes).
+    (camera,) = received_params(dreamsmith_server, seen["job_id"])["cameras"]
+    expected = np.array(seen["camera_matrix"])
+    expected[:3, 3] -= [1.0, 2.0, 3.0]
+    assert camera["name"] == "Camera"
+    np.testing.assert_allclose(camera["c2w"], expected, atol=1e-5)
 
 
 def in_blender_cancel(addon, address):
@@ -558,39 +619,71 @@ def test_cancel_stops_a_running_job(dreamsmith_server, tmp_path):
 
 def in_blender_selected_mesh_job(addon, address, operator):
     import bpy
+    import numpy as np
 
     use_server(addon, address)
     set_job("a blue cube")
     select_only("Cube")
     cube = bpy.data.objects["Cube"]
+    cube.location = (3.0, -1.0, 0.5)
+    bpy.context.view_layer.update()
+    cube_world = np.array([tuple(cube.matrix_world @ v.co) for v in cube.data.vertices])
 
     def scene_state():
-        return {"objects": sorted(bpy.data.objects.keys()), "materials": sorted(bpy.data.materials.keys()),
-                "images": sorted(bpy.data.images.keys()), "cube_uv_maps": cube.data.uv_layers.keys(),
-                "cube_hidden": cube.hide_get()}
+        return {"objects": sorted(bpy.data.objects.keys()), "cube_uv_maps": cube.data.uv_layers.keys(),
+                "cube_hidden": cube.hide_get(), "cube_vertices": [tuple(v.co) for v in cube.data.vertices],
+                "cube_materials": [m.name for m in cube.data.materials]}
 
     before = scene_state()
     report = run_operator(getattr(bpy.ops.dreamsmith, operator), wait=True)
-    return {"report": report, "before": before, "after": scene_state()}
+    after = scene_state()
+    made = bpy.context.active_object
+    bpy.context.view_layer.update()
+    texture = None
+    if made.active_material is not None:
+        base_color = made.active_material.node_tree.nodes["Principled BSDF"].inputs["Base Color"]
+        texture = base_color.links[0].from_node if base_color.links else None
+    positions = np.array([tuple(made.matrix_world @ v.co) for v in made.data.vertices])
+    return {
+        "report": report, "before": before, "after": after, "made": made.name, "made_location": list(made.location),
+        "made_centre": ((positions.min(axis=0) + positions.max(axis=0)) / 2).tolist(),
+        "made_size": float(np.ptp(positions, axis=0).max()),
+        "cube_centre": ((cube_world.min(axis=0) + cube_world.max(axis=0)) / 2).tolist(),
+        "texture_node": texture.bl_idname if texture else None,
+        "image_packed": bool(texture and texture.image.packed_file is not None),
+        "active_uv_map": made.data.uv_layers.active.name if made.data.uv_layers.active else None,
+        "job_id": addon.session.current().recent.records[0].job_id,
+        "camera_matrix": [list(row) for row in bpy.data.objects["Camera"].matrix_world],
+    }
 
 
 @pytest.mark.parametrize("operator, kind", [("texture_selected", "paint"), ("sketch_selected", "sketch")])
-def test_texture_and_sketch_selected_on_the_default_cube(operator, kind, dreamsmith_server, dreamsmith_client,
-                                                         tmp_path):
+def test_texture_and_sketch_selected_on_the_default_cube(operator, kind, dreamsmith_server, tmp_path):
+    import numpy as np
+
     seen = run_in_blender(in_blender_selected_mesh_job, tmp_path / "user", address=dreamsmith_server.address,
                           operator=operator)
     before, after = seen["before"], seen["after"]
-    if kind in dreamsmith_client.hello()["kinds"]:
-        # The engine runs this kind (issue #6): the documented import.
-        assert seen["report"] == ""
-        if kind == "paint":
-            assert after["objects"] == before["objects"] and "Dreamsmith" in after["cube_uv_maps"]
-        else:
-            assert "a blue cube" in after["objects"] and after["cube_hidden"]
+    assert seen["report"] == ""
+    assert seen["texture_node"] == "ShaderNodeTexImage" and seen["image_packed"]
+    assert seen["active_uv_map"] == "Dreamsmith"
+    if kind == "paint":
+        # The cube itself, its geometry untouched, with a new UV map and a new textured material.
+        assert seen["made"] == "Cube" and after["objects"] == before["objects"]
+        assert after["cube_vertices"] == before["cube_vertices"]
+        assert after["cube_uv_maps"] == ["UVMap", "Dreamsmith"]
+        assert after["cube_materials"] == ["Cube Dreamsmith"] != before["cube_materials"]
+        assert not after["cube_hidden"]
     else:
-        # Until then the server refuses the kind: the user reads why, and the scene is left alone.
-        assert f"the server refused: kind '{kind}' is not available" in seen["report"]
-        assert after == before
+        # A new object where the sketch was, about its size; the sketch is hidden, not changed.
+        assert seen["made"] == "a blue cube" and after["objects"] == sorted(before["objects"] + ["a blue cube"])
+        assert seen["made_location"] == pytest.approx([3.0, -1.0, 0.5])
+        np.testing.assert_allclose(seen["made_centre"], seen["cube_centre"], atol=0.5)
+        assert 1.0 < seen["made_size"] < 4.0  # the default cube is 2 m across
+        assert after["cube_hidden"] and after["cube_vertices"] == before["cube_vertices"]
+    # Paint and sketch work in world space: the scene camera is sent as it is.
+    (camera,) = received_params(dreamsmith_server, seen["job_id"])["cameras"]
+    np.testing.assert_allclose(camera["c2w"], seen["camera_matrix"], atol=1e-5)
 
 
 def in_blender_generate_then_quit(addon, address):
@@ -598,6 +691,7 @@ def in_blender_generate_then_quit(addon, address):
 
     use_server(addon, address)
     set_job("a green sphere")
+    bpy.context.scene.cursor.location = (1.0, 2.0, 3.0)
     report = run_operator(bpy.ops.dreamsmith.generate, wait=True)
     return {"report": report, "job_id": addon.session.current().recent.records[0].job_id}
 
@@ -610,7 +704,8 @@ def in_blender_reattach(addon, address, job_id):
     objects = sorted(bpy.data.objects.keys())
     report = run_operator(bpy.ops.dreamsmith.attach, job_id=job_id, wait=True)
     added = sorted(set(bpy.data.objects.keys()) - set(objects))
-    return {"records": records, "report": report, "added": added}
+    return {"records": records, "report": report, "added": added,
+            "location": [list(bpy.data.objects[name].location) for name in added]}
 
 
 def test_a_job_can_be_fetched_again_after_blender_restarts(dreamsmith_server, tmp_path):
@@ -620,3 +715,4 @@ def test_a_job_can_be_fetched_again_after_blender_restarts(dreamsmith_server, tm
     second = run_in_blender(in_blender_reattach, user_dir, address=dreamsmith_server.address, job_id=first["job_id"])
     assert second["records"] == [[first["job_id"], "a green sphere", "imported"]]
     assert second["report"] == "" and second["added"] == ["a green sphere"]
+    assert second["location"] == [[1.0, 2.0, 3.0]]  # where the cursor was when it was sent, not where it is now

@@ -1,15 +1,17 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import trimesh
 
 from engine.cli import main
+from engine.meshes import MAX_FACES
 
 
-def run_cli(capsys, *args):
+def run_cli(capsys, *args, command="generate"):
     with pytest.raises(SystemExit) as exit_info:
-        main(["generate", *args])
+        main([command, *args])
     captured = capsys.readouterr()
     return exit_info.value.code, captured.err
 
@@ -57,3 +59,134 @@ def test_generate_writes_glb_obj_and_preview_and_warns_on_long_prompts(tmp_path,
         assert path.is_file() and path.stat().st_size > 0, path
     loaded = trimesh.load(out, force="mesh")
     assert len(loaded.faces) > 0 and loaded.visual.uv is not None
+
+
+# -- paint and sketch: a mesh file before the prompt
+
+PLY_HEADER = ("ply\nformat {format} 1.0\nelement vertex {vertices}\nproperty float x\nproperty float y\n"
+              "property float z\nelement face {faces}\nproperty list uchar int vertex_indices\nend_header\n")
+
+
+def write_ascii_ply(path, vertices, faces):
+    lines = [" ".join(map(str, v)) for v in vertices] + ["3 " + " ".join(map(str, f)) for f in faces]
+    path.write_text(PLY_HEADER.format(format="ascii", vertices=len(vertices), faces=len(faces)) + "\n".join(lines)
+                    + "\n")
+    return path
+
+
+def write_oversized_ply(path):
+    """One face more than the engine takes, in a binary PLY that loads in a fraction of a second."""
+    faces = np.zeros(MAX_FACES + 1, dtype=[("count", "u1"), ("indices", "<i4", (3,))])
+    faces["count"], faces["indices"] = 3, [0, 1, 2]
+    header = PLY_HEADER.format(format="binary_little_endian", vertices=3, faces=len(faces)).encode()
+    path.write_bytes(header + np.eye(3, dtype="<f4").tobytes() + faces.tobytes())
+    return path
+
+
+TRIANGLE = [(0, 0, 0), (1, 0, 0), (0, 1, 0)]
+BAD_MESHES = {  # name: (writes the file into a folder and returns its path, what the error says)
+    "missing": (lambda d: d / "nothing-here.obj", "no mesh file at"),
+    "unreadable": (lambda d: d / "broken.glb", "cannot read broken.glb"),
+    "not a mesh format": (lambda d: d / "notes.txt", "cannot read .txt"),
+    "empty": (lambda d: d / "points.obj", "points.obj holds no triangles"),
+    "non-finite": (lambda d: write_ascii_ply(d / "nan.ply", [(0, 0, 0), (1, "nan", 0), (0, 1, 0)], [(0, 1, 2)]),
+                   "nan.ply: the vertices are not all finite"),
+    "indices out of range": (lambda d: write_ascii_ply(d / "far.ply", TRIANGLE, [(0, 1, 7)]),
+                             "far.ply: face indices must lie in [0, 3)"),
+    "over the size limit": (lambda d: write_oversized_ply(d / "huge.ply"), "huge.ply: the mesh is too large"),
+}
+
+
+@pytest.fixture
+def bad_mesh_folder(tmp_path):
+    (tmp_path / "broken.glb").write_bytes(b"glTF but not really \x00\x01")
+    (tmp_path / "notes.txt").write_text("a cube, roughly")
+    (tmp_path / "points.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", ["paint", "sketch"])
+@pytest.mark.parametrize("name", BAD_MESHES)
+def test_bad_meshes_get_one_line_and_exit_2_before_the_prior_loads(capsys, bad_mesh_folder, command, name):
+    make, message = BAD_MESHES[name]
+    mesh = make(bad_mesh_folder)
+    # A missing model would be reported too; the mesh's error shows it was checked first.
+    code, err = run_cli(capsys, str(mesh), "a red cube", "-o", str(bad_mesh_folder / "out.glb"),
+                        "--model", str(bad_mesh_folder / "no-such-model"), command=command)
+    assert code == 2
+    assert message in err and "no model at" not in err, err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", ["paint", "sketch"])
+@pytest.mark.parametrize("args, message", [
+    (["{mesh}", "", "-o", "{tmp}/a.glb"], "the prompt is empty"),
+    (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--steps", "0"], "--steps must be a positive number"),
+    (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--preset", "ultra"], "unknown preset 'ultra'"),
+    (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--method", "magic"], "unknown --method 'magic'"),
+    (["{mesh}", "a red cube", "-o", "{tmp}/a.obj"], "must be a .glb"),
+    (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--model", "{tmp}/no-such-model"], "no model at"),
+    (["a red cube", "-o", "{tmp}/a.glb"], "required: prompt"),
+])
+def test_paint_and_sketch_share_the_common_options_and_their_checks(capsys, tmp_path, command, args, message):
+    mesh = write_ascii_ply(tmp_path / "triangle.ply", TRIANGLE, [(0, 1, 2)])
+    code, err = run_cli(capsys, *[a.format(tmp=tmp_path, mesh=mesh) for a in args], command=command)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1, err
+
+
+def test_every_command_takes_the_same_options():
+    from engine.cli import build_parser
+
+    common = ["-o", "x.glb", "--model", "m", "--preset", "draft", "--steps", "3", "--seed", "4", "--guidance", "7",
+              "--negative", "blurry", "--method", "sjc", "--device", "cuda", "-v"]
+    parsed = {command: vars(build_parser().parse_args([command, *mesh, "a red cube", *common]))
+              for command, mesh in (("generate", []), ("paint", ["m.obj"]), ("sketch", ["m.obj"]))}
+    for command, values in parsed.items():
+        assert values.pop("command") == command
+        assert values.pop("mesh", "m.obj") == "m.obj"
+    assert parsed["generate"] == parsed["paint"] == parsed["sketch"] == {
+        "prompt": "a red cube", "output": "x.glb", "model": "m", "preset": "draft", "steps": 3, "seed": 4,
+        "guidance": 7.0, "negative": "blurry", "method": "sjc", "device": "cuda", "verbose": True}
+
+
+def run_engine(*args):
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_paint_textures_a_mesh_file_and_keeps_its_faces(tmp_path, tiny_folder):
+    box = trimesh.creation.box((0.6, 0.6, 0.6))
+    box.apply_translation((2.0, 0.0, 1.0))
+    mesh_path = tmp_path / "box.ply"
+    box.export(mesh_path)
+    out = tmp_path / "painted.glb"
+    result = run_engine("paint", str(mesh_path), "a red cube", "-o", str(out), "--model", str(tiny_folder),
+                        "--preset", "draft", "--steps", "2", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert "optimising" in result.stderr and str(out) in result.stdout  # the progress bar, the files
+    for path in (out, out.with_suffix(".obj"), tmp_path / "painted_preview.png"):
+        assert path.is_file() and path.stat().st_size > 0, path
+    from engine.export import load_glb
+
+    painted = load_glb(out)  # back in Blender axes, like the input
+    assert len(painted.faces) == len(box.faces)
+    np.testing.assert_allclose(painted.vertices[painted.faces], box.vertices[box.faces], atol=1e-5)
+
+
+def test_sketch_refines_a_mesh_file_where_it_is(tmp_path, tiny_folder):
+    box = trimesh.creation.box((0.6, 0.6, 0.6))
+    box.apply_translation((2.0, 0.0, 1.0))
+    mesh_path = tmp_path / "sketch.obj"
+    box.export(mesh_path)
+    out = tmp_path / "sketched.glb"
+    result = run_engine("sketch", str(mesh_path), "a red cube", "-o", str(out), "--model", str(tiny_folder),
+                        "--preset", "draft", "--steps", "2", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    from engine.export import load_glb
+
+    sketched = load_glb(out)
+    low, high = sketched.vertices.min(axis=0), sketched.vertices.max(axis=0)
+    np.testing.assert_allclose((low + high) / 2, [2.0, 0.0, 1.0], atol=0.15)
+    assert 0.3 < (high - low).max() < 1.2

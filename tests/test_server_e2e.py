@@ -90,14 +90,71 @@ def test_a_client_killed_mid_job_loses_nothing(dreamsmith_server):
         assert len(again.fetch(job_id).faces) > 0
 
 
+def box_inputs(centre=(3.0, -1.0, 0.5), size=0.8) -> dict:
+    """A closed box somewhere in the world, the way the add-on sends a selected mesh."""
+    import trimesh
+
+    box = trimesh.creation.box((size, size, size))
+    return {"vertices": (box.vertices + centre).astype(np.float32), "faces": box.faces.astype(np.int32)}
+
+
+def camera_towards(target, eye) -> dict:
+    """A rig camera at ``eye`` looking at ``target`` (Blender: it looks down its local -Z, +Y up)."""
+    back = np.subtract(eye, target) / np.linalg.norm(np.subtract(eye, target))
+    right = np.cross([0.0, 0.0, 1.0], back)
+    right /= np.linalg.norm(right)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, np.cross(back, right), back, eye
+    return {"name": "Shot", "c2w": c2w, "fov_y_deg": 40.0, "aspect": 1.5}
+
+
+def test_a_paint_job_textures_the_sent_mesh_and_keeps_its_shape(dreamsmith_client, tmp_path):
+    inputs = box_inputs()
+    rig = [camera_towards((3.0, -1.0, 0.5), (5.0, -4.0, 1.5))]
+    job_id = dreamsmith_client.submit("a red cube", kind="paint", inputs=inputs, cameras=rig,
+                                      preset="draft", steps=3, seed=1)
+    final = dreamsmith_client.wait(job_id, timeout=300)
+    assert final["state"] == State.DONE, final
+    result = dreamsmith_client.fetch(job_id)
+    assert len(result.faces) == len(inputs["faces"])  # face f of the result is sent triangle f
+    np.testing.assert_allclose(result.vertices[result.faces], inputs["vertices"][inputs["faces"]], atol=1e-5)
+    assert result.uvs.min() >= 0 and result.uvs.max() <= 1
+    assert png_pixels(result.texture_png).shape == (512, 512, 3)
+    assert load_glb(result.save_glb(tmp_path / "painted.glb")).faces.shape == (len(inputs["faces"]), 3)
+
+
+def test_a_sketch_job_makes_a_textured_mesh_where_the_sketch_is(dreamsmith_client):
+    inputs = box_inputs()
+    job_id = dreamsmith_client.submit("a red cube", kind="sketch", inputs=inputs, seed=1, **FAST_JOB)
+    final = dreamsmith_client.wait(job_id, timeout=300)
+    assert final["state"] == State.DONE, final
+    result = dreamsmith_client.fetch(job_id)
+    assert len(result.faces) > 0 and png_pixels(result.texture_png).shape[0] >= 512
+    # In the sketch's coordinates: centred on the sketch, about its size (the field may grow or
+    # shrink it a little in a few steps, but it is nowhere near the origin the prior works at).
+    low, high = result.vertices.min(axis=0), result.vertices.max(axis=0)
+    np.testing.assert_allclose((low + high) / 2, [3.0, -1.0, 0.5], atol=0.2)
+    assert 0.4 < (high - low).max() < 1.6
+
+
 @pytest.mark.parametrize("kind", ["paint", "sketch"])
-def test_paint_and_sketch_inputs_are_checked_then_refused_as_unavailable(dreamsmith_client, kind):
-    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
-    faces = np.array([[0, 1, 2]], dtype=np.int32)
-    with pytest.raises(ServerError) as bad_mesh:
-        dreamsmith_client.submit("a chair", kind=kind, inputs={"vertices": vertices, "faces": faces + 1})
-    assert (bad_mesh.value.code, bad_mesh.value.field) == (Code.BAD_REQUEST, "faces")
-    with pytest.raises(ServerError) as unavailable:
-        dreamsmith_client.submit("a chair", kind=kind, inputs={"vertices": vertices, "faces": faces})
-    assert (unavailable.value.code, unavailable.value.field) == (Code.BAD_REQUEST, "kind")
-    assert "not available in this engine version" in unavailable.value.message
+def test_unusable_meshes_and_cameras_are_refused_naming_the_field(dreamsmith_client, kind):
+    inputs = box_inputs()
+
+    def refused(**changes):
+        arrays = {**inputs, **{k: v for k, v in changes.items() if k in inputs}}
+        params = {k: v for k, v in changes.items() if k not in inputs}
+        with pytest.raises(ServerError) as refusal:
+            dreamsmith_client.submit("a chair", kind=kind, inputs=arrays, **params)
+        return refusal.value.code, refusal.value.field
+
+    assert refused(faces=inputs["faces"] + 1) == (Code.BAD_REQUEST, "faces")
+    assert refused(vertices=np.full_like(inputs["vertices"], 2.0)) == (Code.BAD_REQUEST, "vertices")  # no extent
+    sheared = camera_towards((0, 0, 0), (4, -4, 2))
+    sheared["c2w"][0, 1] += 0.2
+    assert refused(cameras=[sheared]) == (Code.BAD_REQUEST, "params.cameras[0].c2w")
+    assert dreamsmith_client.status()["jobs"] == []  # nothing was queued
+
+
+def test_the_server_runs_every_kind(dreamsmith_client):
+    assert dreamsmith_client.hello()["kinds"] == ["generate", "paint", "sketch"]

@@ -128,3 +128,105 @@ def test_encode_png_decodes_to_the_same_pixels(channels):
     image = np.random.default_rng(0).integers(0, 256, (17, 23, channels), dtype=np.uint8)
     decoded = np.asarray(Image.open(io.BytesIO(protocol.encode_png(image))))
     np.testing.assert_array_equal(decoded, image)
+
+
+# -- the camera rig
+
+
+def camera_matrix(eye=(7.0, -6.0, 5.0)) -> np.ndarray:
+    """Camera-to-world of a camera at ``eye`` looking at the origin (Blender: it looks down its local -Z)."""
+    eye = np.asarray(eye, dtype=np.float64)
+    back = eye / np.linalg.norm(eye)
+    right = np.cross([0.0, 0.0, 1.0], back)
+    right /= np.linalg.norm(right)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, np.cross(back, right), back, eye
+    return c2w
+
+
+def camera(**changes) -> dict:
+    return {"name": "Camera", "c2w": camera_matrix().tolist(), "fov_y_deg": 22.9, "aspect": 16 / 9, **changes}
+
+
+def with_c2w(change) -> dict:
+    c2w = camera_matrix()
+    change(c2w)
+    return camera(c2w=c2w.tolist())
+
+
+@pytest.mark.parametrize("kind, arrays", [("generate", None), ("paint", cube_inputs()), ("sketch", cube_inputs())])
+def test_every_kind_takes_a_camera_rig(kind, arrays):
+    rig = [camera(), camera(name="Side", c2w=camera_matrix((3, 0, 0)).tolist(), fov_y_deg=40)]
+    message = decode([bytes(f) for f in submit(kind, arrays, cameras=rig)], Msg.REQUESTS)
+    received = message.header["params"]["cameras"]
+    assert [c["name"] for c in received] == ["Camera", "Side"]
+    np.testing.assert_array_equal(received[0]["c2w"], camera_matrix())
+    assert received[1]["fov_y_deg"] == 40.0 and isinstance(received[1]["fov_y_deg"], float)
+
+
+def test_a_camera_needs_only_its_matrix_and_field_of_view():
+    only = {"c2w": camera_matrix().tolist(), "fov_y_deg": 50}
+    message = decode([bytes(f) for f in submit(cameras=[only])], Msg.REQUESTS)
+    assert message.header["params"]["cameras"] == [{"c2w": camera_matrix().tolist(), "fov_y_deg": 50.0}]
+
+
+@pytest.mark.parametrize("cameras, field", [
+    ("front", "params.cameras"),
+    ([camera()] * (protocol.MAX_CAMERAS + 1), "params.cameras"),
+    ([camera(), "Camera"], "params.cameras[1]"),
+    ([{k: v for k, v in camera().items() if k != "c2w"}], "params.cameras[0].c2w"),
+    ([camera(lens=50)], "params.cameras[0].lens"),
+    ([camera(name=7)], "params.cameras[0].name"),
+    ([camera(c2w=camera_matrix()[:3].tolist())], "params.cameras[0].c2w"),
+    ([camera(c2w=camera_matrix()[:, :3].tolist())], "params.cameras[0].c2w"),
+    ([camera(c2w=camera_matrix().ravel().tolist())], "params.cameras[0].c2w"),
+    ([with_c2w(lambda m: m.__setitem__((1, 2), np.nan))], "params.cameras[0].c2w[1][2]"),
+    ([with_c2w(lambda m: m.__setitem__((0, 3), np.inf))], "params.cameras[0].c2w[0][3]"),
+    ([camera(c2w=[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, "far"], [0, 0, 0, 1]])], "params.cameras[0].c2w[2][3]"),
+    ([with_c2w(lambda m: m.__setitem__((3, 0), 0.5))], "params.cameras[0].c2w"),  # projective last row
+    ([with_c2w(lambda m: m.__setitem__((3, 3), 2.0))], "params.cameras[0].c2w"),
+    ([with_c2w(lambda m: m[:3, :3].__imul__(2.0))], "params.cameras[0].c2w"),  # scaled
+    ([with_c2w(lambda m: m.__setitem__((0, 1), m[0, 1] + 0.01))], "params.cameras[0].c2w"),  # sheared
+    ([with_c2w(lambda m: m[:3, 0].__imul__(-1.0))], "params.cameras[0].c2w"),  # mirrored
+    ([with_c2w(lambda m: m.__setitem__((0, 3), 2 * protocol.MAX_COORDINATE))], "params.cameras[0].c2w"),
+    ([camera(fov_y_deg=1.0)], "params.cameras[0].fov_y_deg"),
+    ([camera(fov_y_deg=179.0)], "params.cameras[0].fov_y_deg"),
+    ([camera(fov_y_deg=float("nan"))], "params.cameras[0].fov_y_deg"),
+    ([camera(aspect=0.0)], "params.cameras[0].aspect"),
+    ([camera(aspect=-1.5)], "params.cameras[0].aspect"),
+])
+def test_bad_cameras_are_refused_naming_the_field(cameras, field):
+    for kind, arrays in (("generate", None), ("paint", cube_inputs())):
+        error = refusal(submit(kind, arrays, cameras=cameras))
+        assert (error.code, error.field) == (Code.BAD_REQUEST, field), error.message
+
+
+def test_a_camera_matrix_with_float32_rounding_is_accepted():
+    c2w = camera_matrix().astype(np.float32).astype(np.float64)  # what Blender's matrices hold
+    message = decode([bytes(f) for f in submit(cameras=[camera(c2w=c2w.tolist())])], Msg.REQUESTS)
+    np.testing.assert_array_equal(message.header["params"]["cameras"][0]["c2w"], c2w)
+
+
+def test_the_protocol_mesh_bounds_are_the_engines():
+    from engine import meshes
+
+    assert (protocol.MAX_VERTICES, protocol.MAX_FACES, protocol.MAX_COORDINATE) == \
+        (meshes.MAX_VERTICES, meshes.MAX_FACES, meshes.MAX_COORDINATE)
+
+
+def test_cast_frames_sends_any_numeric_mesh_in_the_wire_dtypes():
+    inputs = {"vertices": np.zeros((3, 3)), "faces": np.array([[0, 1, 2]]), "normals": np.zeros((3, 3))}
+    cast = protocol.cast_frames(inputs, protocol.MESH_INPUT_FRAMES)
+    assert (cast["vertices"].dtype, cast["faces"].dtype) == (np.float32, np.int32)
+    assert cast["normals"].dtype == np.float64  # not a mesh frame: left for the receiver to refuse
+    with pytest.raises(ValueError, match="faces"):
+        protocol.cast_frames({"faces": np.array([[0, 1, 2**32]])}, protocol.MESH_INPUT_FRAMES)
+
+
+def test_the_client_sends_numpy_params_as_plain_values():
+    from server.client import plain
+
+    params = plain({"cameras": [{"c2w": camera_matrix(), "fov_y_deg": np.float32(40.0)}], "seed": np.int64(3)})
+    assert params == {"cameras": [{"c2w": camera_matrix().tolist(), "fov_y_deg": 40.0}], "seed": 3}
+    assert type(params["seed"]) is int
+    decode([bytes(f) for f in submit(**params)], Msg.REQUESTS)

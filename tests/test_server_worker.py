@@ -185,3 +185,23 @@ def test_a_committed_result_reads_back_as_written(tmp_path):
     np.testing.assert_array_equal(load_glb(results.glb_path("a" * 32)).texture, output.mesh.texture)
     assert [p.name for p in tmp_path.iterdir()] == ["a" * 32]  # no staging folder left behind
     assert results.read("b" * 32) is None
+
+
+def test_an_input_the_engine_finds_unusable_fails_its_job_naming_the_field(worker_setup):
+    unusable = ProtocolError(Code.BAD_REQUEST, "vertices: the sketch encloses no volume", "vertices")
+    received = run_jobs(worker_setup, ScriptedRunner(raising(unusable), succeeding), 2)
+    assert final_states(received) == [(new_job(0).id, State.FAILED, Code.BAD_REQUEST),
+                                      (new_job(1).id, State.DONE, None)]
+    assert worker_setup[1].get(new_job(0).id).error == {
+        "code": Code.BAD_REQUEST, "message": "vertices: the sketch encloses no volume", "field": "vertices"}
+
+
+def test_results_are_stored_in_the_dtypes_the_result_message_carries(tmp_path):
+    results, output = ResultStore(tmp_path), small_output()
+    mesh = output.mesh
+    wide = TexturedMesh(mesh.vertices.astype(np.float64), mesh.faces.astype(np.int64), mesh.uvs.astype(np.float64),
+                        mesh.texture)
+    results.commit("c" * 32, JobOutput(wide, output.preview))
+    arrays = results.read("c" * 32)
+    assert [arrays[name].dtype for name in ("vertices", "faces", "uvs")] == [np.float32, np.int32, np.float32]
+    np.testing.assert_array_equal(arrays["faces"], mesh.faces)

@@ -6,11 +6,13 @@ they are; the glTF importer is not used because it would convert from glTF's Y-u
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import bpy
 import numpy as np
 
 from ._vendor.client import Result
-from .job_inputs import InputError, mesh_input
+from .job_inputs import InputError, MeshInput, loop_attribute, mesh_input
 
 UV_MAP_NAME = "Dreamsmith"
 MAX_NAME_LENGTH = 63  # Blender's limit for ID names, in bytes
@@ -94,24 +96,52 @@ def make_active(view_layer: bpy.types.ViewLayer, obj: bpy.types.Object) -> None:
     view_layer.objects.active = obj
 
 
-def add_textured_object(view_layer: bpy.types.ViewLayer, name: str, result: Result) -> bpy.types.Object:
-    """A new object in the active collection, with its own mesh, material and packed texture."""
+def add_textured_object(view_layer: bpy.types.ViewLayer, name: str, result: Result,
+                        location=(0.0, 0.0, 0.0)) -> bpy.types.Object:
+    """A new object at ``location`` in the active collection, with its own mesh, material and packed
+    texture; the result's vertices are taken relative to ``location``."""
     name = datablock_name(name)
     obj = bpy.data.objects.new(name, new_mesh(name, result.vertices, result.faces, result.uvs))
+    obj.location = location
     assign_only_material(obj, textured_material(name, packed_image(name, result.texture_png)))
     view_layer.active_layer_collection.collection.objects.link(obj)
     make_active(view_layer, obj)
     return obj
 
 
+def painted_corner_uvs(sent: MeshInput, loop_count: int, result: Result) -> np.ndarray:
+    """The result's UVs per face corner (loop) of the Blender mesh that was sent.
+
+    Result face f is sent triangle f, so the UV of its k-th corner belongs to the loop behind
+    corner k of that triangle; this holds however the engine split vertices along its UV seams.
+    A loop shared by two triangles of one polygon takes the UV of one of them (they differ only
+    where a seam the engine made crosses the polygon)."""
+    corner_uvs = np.zeros((loop_count, 2), dtype=np.float32)
+    corner_uvs[sent.triangle_loops.reshape(-1)] = result.uvs[result.faces].reshape(-1, 2)
+    return corner_uvs
+
+
+def matches_triangles(triangle_vertices: np.ndarray, result: Result) -> bool:
+    """Whether the result can be the mesh whose triangles' corners are ``triangle_vertices`` (F, 3)
+    (Blender vertex indices): as many triangles, and each result vertex standing for one Blender
+    vertex (the engine may split a vertex along its UV seams, never merge two)."""
+    if result.faces.shape != triangle_vertices.shape:
+        return False
+    stands_for = np.full(len(result.vertices), -1, dtype=np.int64)
+    stands_for[result.faces.reshape(-1)] = triangle_vertices.reshape(-1)
+    return bool(np.array_equal(stands_for[result.faces], triangle_vertices))
+
+
 def retexture_object(obj: bpy.types.Object, result: Result) -> None:
     """Keep the object's geometry; add the returned UV map and a new material using the texture."""
-    sent = mesh_input(obj)  # the same split of its corners as when the job was sent
-    if len(result.vertices) != len(sent.vertices):
-        raise InputError(f"the mesh of '{obj.name}' changed while the job ran ({len(sent.vertices)} vertices "
-                         f"now, {len(result.vertices)} in the result)")
+    sent = mesh_input(obj)  # the same triangles, in the same order, as when the job was sent
+    loop_vertex = loop_attribute(obj.data, obj.data.loops, "vertex_index", 1, np.int64)
+    # Checked on the topology only: the object may have moved, or its active UV map changed, meanwhile.
+    if not matches_triangles(loop_vertex[sent.triangle_loops], result):
+        raise InputError(f"the mesh of '{obj.name}' changed while the job ran ({len(sent.faces)} triangles "
+                         f"now, {len(result.faces)} in the result)")
     name = datablock_name(f"{obj.name} Dreamsmith")
-    set_corner_uvs(obj.data, result.uvs[sent.corner_vertex])
+    set_corner_uvs(obj.data, painted_corner_uvs(sent, len(obj.data.loops), result))
     assign_only_material(obj, textured_material(name, packed_image(name, result.texture_png)))
 
 
@@ -122,23 +152,27 @@ def target_object(name: str) -> bpy.types.Object:
     return obj
 
 
-def place_result(context: bpy.types.Context, kind: str, label: str, target: str,
-                 result: Result) -> bpy.types.Object:
+def place_result(context: bpy.types.Context, kind: str, label: str, target: str, result: Result,
+                 origin=None) -> bpy.types.Object:
     """Put a finished job into the scene the way its kind asks for; returns the object that shows it.
 
-    generate: a new object at the 3D cursor. paint: ``target`` keeps its geometry and gets the new UV
-    map and material. sketch: a new object where the ``target`` sketch is (the vertices come back in
-    world space, as they were sent), and the sketch is hidden.
+    generate: a new object at ``origin`` (the 3D cursor when the job was sent; the current cursor
+    when that is not known). paint: ``target`` keeps its geometry and gets the new UV map and
+    material. sketch: a new object where the ``target`` sketch is: the vertices come back in world
+    space, as they were sent, and are made relative to the sketch's origin, where the new object is
+    put; the sketch is hidden.
     """
     if kind == "paint":
         obj = target_object(target)
         retexture_object(obj, result)
         return obj
-    sketch = target_object(target) if kind == "sketch" else None
-    obj = add_textured_object(context.view_layer, label, result)
-    if sketch is None:
-        obj.location = context.scene.cursor.location
-    else:
+    if kind == "sketch":
+        sketch = target_object(target)
+        pivot = np.array(sketch.matrix_world.translation, dtype=np.float32)
+        obj = add_textured_object(context.view_layer, label, replace(result, vertices=result.vertices - pivot),
+                                  tuple(pivot))
         sketch.hide_set(True)
         sketch.hide_render = True
-    return obj
+        return obj
+    location = origin if origin is not None else tuple(context.scene.cursor.location)
+    return add_textured_object(context.view_layer, label, result, location)

@@ -13,8 +13,10 @@ class InputError(ValueError):
     """The scene cannot supply what the job needs; the message is shown to the user as is."""
 
 
-def camera_entry(scene: bpy.types.Scene, obj: bpy.types.Object) -> dict:
-    """One camera as the engine describes it: camera-to-world matrix and vertical field of view."""
+def camera_entry(scene: bpy.types.Scene, obj: bpy.types.Object, origin=(0.0, 0.0, 0.0)) -> dict:
+    """One camera as the engine describes it: camera-to-world matrix and vertical field of view.
+
+    ``origin``: the world point the matrix is made relative to (its position is moved, its rotation kept)."""
     if obj.data.type != "PERSP":
         raise InputError(f"camera '{obj.name}' is not a perspective camera")
     # view_frame applies the sensor fit, the render aspect and the lens, so its corners give the
@@ -24,6 +26,7 @@ def camera_entry(scene: bpy.types.Scene, obj: bpy.types.Object) -> dict:
     half_height = (frame[:, 1].max() - frame[:, 1].min()) / 2
     half_width = (frame[:, 0].max() - frame[:, 0].min()) / 2
     c2w = np.array(obj.matrix_world.normalized())  # an object's scale is not part of a camera
+    c2w[:3, 3] -= origin
     return {
         "name": obj.name,
         "c2w": c2w.tolist(),
@@ -32,15 +35,19 @@ def camera_entry(scene: bpy.types.Scene, obj: bpy.types.Object) -> dict:
     }
 
 
-def camera_rig(scene: bpy.types.Scene, collection: bpy.types.Collection | None) -> list[dict]:
-    """The cameras of ``collection`` (in name order), or else the scene's active camera; may be empty."""
+def camera_rig(scene: bpy.types.Scene, collection: bpy.types.Collection | None,
+               origin=(0.0, 0.0, 0.0)) -> list[dict]:
+    """The cameras of ``collection`` (in name order), or else the scene's active camera; may be empty.
+
+    ``origin``: the world point the rig is sent relative to. Paint and sketch take the world as it
+    is; generate makes its prop at the origin of its own frame, which the add-on puts at the 3D cursor."""
     if collection is not None:
         cameras = sorted((obj for obj in collection.all_objects if obj.type == "CAMERA"), key=lambda o: o.name)
         if not cameras:
             raise InputError(f"collection '{collection.name}' holds no camera")
     else:
         cameras = [scene.camera] if scene.camera is not None else []
-    return [camera_entry(scene, obj) for obj in cameras]
+    return [camera_entry(scene, obj, origin) for obj in cameras]
 
 
 @dataclass
@@ -50,6 +57,7 @@ class MeshInput:
     faces: np.ndarray  # (F, 3) int32
     uvs: np.ndarray | None  # (V, 2) float32 from the active UV map; None when the mesh has none
     corner_vertex: np.ndarray  # (L,) int: the sent vertex behind each face corner of the Blender mesh
+    triangle_loops: np.ndarray  # (F, 3) int: the face corner (loop) behind each corner of each sent triangle
 
 
 def loop_attribute(mesh: bpy.types.Mesh, collection, name: str, width: int, dtype) -> np.ndarray:
@@ -84,4 +92,5 @@ def mesh_input(obj: bpy.types.Object) -> MeshInput:
         faces=sent_index[triangle_corners].astype(np.int32),
         uvs=corner_uvs[first_corner] if uv_layer is not None else None,
         corner_vertex=sent_index,
+        triangle_loops=triangle_corners,
     )

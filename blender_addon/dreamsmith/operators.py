@@ -5,19 +5,16 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 
 from . import job_inputs, properties, session
-from ._vendor import protocol
 from .job_inputs import InputError
 from .transport import JobOrder
 
 CAMERAS_PARAM = "cameras"
+WORLD_ORIGIN = (0.0, 0.0, 0.0)
 
 
-def camera_params(context: bpy.types.Context, kind: str) -> dict:
-    """The camera rig, in the submit params once the protocol has a field for it."""
-    if CAMERAS_PARAM not in protocol.PARAMS[kind].fields:
-        return {}
-    rig = job_inputs.camera_rig(context.scene, properties.get(context).camera_collection)
-    return {CAMERAS_PARAM: rig} if rig else {}
+def camera_params(context: bpy.types.Context, origin=WORLD_ORIGIN) -> dict:
+    """The camera rig (possibly empty), relative to ``origin``, as every kind's submit params take it."""
+    return {CAMERAS_PARAM: job_inputs.camera_rig(context.scene, properties.get(context).camera_collection, origin)}
 
 
 def mesh_arrays(mesh: job_inputs.MeshInput) -> dict:
@@ -79,15 +76,21 @@ class JobOperator(WaitOption):
         """The job to submit and the target object's name (see JobRecord.target)."""
         raise NotImplementedError
 
+    def origin(self, context: bpy.types.Context) -> tuple | None:
+        """Where a new prop goes, for a kind that makes one in a frame of its own (see JobRecord.origin);
+        the rig is sent relative to it. None: the job works in world space."""
+        return None
+
     def execute(self, context):
         settings = properties.get(context)
+        origin = self.origin(context)
         try:
             order, target = self.order(context)
-            order.params.update(settings.job_params(), **camera_params(context, self.kind))
+            order.params.update(settings.job_params(), **camera_params(context, origin or WORLD_ORIGIN))
         except InputError as error:
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
-        outcome = session.current().run(order, settings.prompt.strip(), target, wait=self.blocking())
+        outcome = session.current().run(order, settings.prompt.strip(), target, wait=self.blocking(), origin=origin)
         return report_outcome(self, outcome)
 
 
@@ -99,6 +102,8 @@ class SelectedMeshJobOperator(JobOperator):
             return "Select a mesh object first"
         if obj.mode != "OBJECT":
             return "Switch to Object Mode first"
+        if not obj.data.polygons:
+            return f"'{obj.name}' has no faces"
         return super().unavailable(context)
 
     def order(self, context):
@@ -114,6 +119,11 @@ class DREAMSMITH_OT_generate(JobOperator, bpy.types.Operator):
 
     def order(self, context):
         return JobOrder(self.kind), ""
+
+    def origin(self, context):
+        # The engine makes the prop at the origin of its frame and the add-on puts it at the cursor,
+        # so the cursor is that origin, for the rig now and for placing the result later.
+        return tuple(context.scene.cursor.location)
 
 
 class DREAMSMITH_OT_texture_selected(SelectedMeshJobOperator, bpy.types.Operator):
@@ -177,7 +187,7 @@ class DREAMSMITH_OT_attach(RecentJobOperator, WaitOption, bpy.types.Operator):
             self.report({"ERROR"}, f"Dreamsmith: no recent job {self.job_id!r}")
             return {"CANCELLED"}
         outcome = session.current().run(JobOrder(record.kind, job_id=record.job_id), record.label, record.target,
-                                        wait=self.blocking())
+                                        wait=self.blocking(), origin=record.origin)
         return report_outcome(self, outcome)
 
 

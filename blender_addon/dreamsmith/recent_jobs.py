@@ -25,6 +25,7 @@ class JobRecord:
     target: str = ""  # paint: the object to retexture; sketch: the sketch object to replace
     state: str = "running"  # running, then imported, or how the server says it ended
     message: str = ""  # why it failed
+    origin: list | None = None  # generate: where the prop goes (the 3D cursor when it was sent), world xyz
 
     @property
     def reattachable(self) -> bool:

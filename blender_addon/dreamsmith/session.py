@@ -46,6 +46,7 @@ class ActiveJob:
     label: str
     target: str  # see JobRecord.target
     job_id: str | None = None  # None until the server accepts the job
+    origin: list | None = None  # see JobRecord.origin
     phase: str = "submitting"
     step: int = 0
     total: int = 0
@@ -98,9 +99,11 @@ class Session:
 
     # -- jobs
 
-    def run(self, order: transport.JobOrder, label: str, target: str = "", wait: bool = False) -> Outcome | None:
+    def run(self, order: transport.JobOrder, label: str, target: str = "", wait: bool = False,
+            origin=None) -> Outcome | None:
         """Start a job; with ``wait``, run it to the end in this thread and return how it ended."""
-        self.active = ActiveJob(order.kind, label, target, job_id=order.job_id)
+        origin = list(origin) if origin is not None else None
+        self.active = ActiveJob(order.kind, label, target, job_id=order.job_id, origin=origin)
         self.last_error = ""
         settings = self.settings()
         if wait:
@@ -155,7 +158,8 @@ class Session:
         active = self.active
         active.job_id, active.phase = event.job_id, "queued"
         if self.recent.get(event.job_id) is None:
-            self.recent.add(JobRecord(event.job_id, active.kind, active.label, target=active.target))
+            self.recent.add(JobRecord(event.job_id, active.kind, active.label, target=active.target,
+                                      origin=active.origin))
         else:
             self.recent.update(event.job_id, state="running", message="")
         if active.cancel_requested:
@@ -172,7 +176,8 @@ class Session:
         active, self.active = self.active, None
         if event.state == State.DONE:
             try:
-                obj = importer.place_result(bpy.context, active.kind, active.label, active.target, event.result)
+                obj = importer.place_result(bpy.context, active.kind, active.label, active.target, event.result,
+                                            active.origin)
                 outcome = Outcome(True, f"Dreamsmith: {obj.name} is ready")
                 state, message = "imported", ""
             except InputError as error:

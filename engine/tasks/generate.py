@@ -12,6 +12,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from ..cameras import Camera, ViewSampler
+from ..carve import carve
 from ..colour import backproject, decode_views, view_fidelity
 from ..export import TexturedMesh, bake_texture, extract_mesh, unwrap
 from ..field import EnvironmentBackground, VoxelField
@@ -19,6 +20,7 @@ from ..guidance import GuidanceConfig, GuidanceStep, ScoreDistillation, surrogat
 from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
+from ..refine import RefineConfig, refine_latents
 from ..regularizers import center_depth_loss, emptiness_loss, emptiness_weight, opacity_entropy
 from ..renderer import RenderOutput, render
 
@@ -52,6 +54,12 @@ class GenerateConfig:
     center_depth_weight: float = 0.0
     # colour stage and export
     colour_view_azimuths: int = 8
+    colour_refine: RefineConfig = field(default_factory=lambda: RefineConfig(strength=0.3))
+    # Silhouette carving (engine.carve): a lattice point the decoded views show as background in at
+    # least this many views is emptied before marching cubes; 0 turns carving off.
+    carve_votes: int = 2
+    foreground_threshold: float = 0.1  # colour difference from the decoded background that counts as object,
+    # for carving and for which decoded pixels may colour the surface
     mesh_resolution: int = 64  # xatlas time grows fast with face count (0.6 s here, 4 s at 96)
     iso_level: float = 1.0  # in units of the density that makes one field voxel half opaque
     # Gaussian blur of the density before marching cubes, in field voxels: score distillation
@@ -124,13 +132,17 @@ class FieldOptimisation:
     The rig's cameras are among the optimised views, and the random views are drawn around them."""
 
     def __init__(self, prompt: str, prior: Prior, config: GenerateConfig, generator: torch.Generator,
-                 rig: Sequence[Camera] = (), extra_loss: FieldLoss | None = None):
+                 rig: Sequence[Camera] = (), extra_loss: FieldLoss | None = None,
+                 density_init: torch.Tensor | None = None):
         meta = prior.metadata
         self.prior, self.config, self.generator = prior, config, generator
         self.views = ViewSampler(meta.camera, rig)
         self.extra_loss = extra_loss
         self.field = VoxelField(config.grid_resolution, prior.latent_channels, meta.scene_bound,
                                 config.blob_strength, config.blob_radius).to(prior.device)
+        if density_init is not None:  # density logits (R, R, R) [z, y, x] to start from instead of the blob
+            with torch.no_grad():
+                self.field.density.copy_(density_init.view_as(self.field.density))
         self.background = _background(prior)
         self.prompts = ViewPrompts(prior, prompt, config.negative_prompt, config.view_dependent_prompts)
         self.guidance = ScoreDistillation(prior, config.guidance)
@@ -168,9 +180,10 @@ class FieldOptimisation:
 
 def optimise_field(prompt: str, prior: Prior, config: GenerateConfig, generator: torch.Generator,
                    on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                   rig: Sequence[Camera] = (), extra_loss: FieldLoss | None = None) -> FieldOptimisation:
+                   rig: Sequence[Camera] = (), extra_loss: FieldLoss | None = None,
+                   density_init: torch.Tensor | None = None) -> FieldOptimisation:
     """The SDS / SJC loop, reporting every step and checking for cancellation before each."""
-    run = FieldOptimisation(prompt, prior, config, generator, rig, extra_loss)
+    run = FieldOptimisation(prompt, prior, config, generator, rig, extra_loss, density_init)
     preview_every = config.preview_every or max(1, config.steps // 20)
     for step in range(config.steps):
         if cancel is not None:
@@ -204,12 +217,29 @@ def textured_mesh(run: FieldOptimisation, config: GenerateConfig, rig: Sequence[
         if cancel is not None:
             cancel.raise_if_cancelled()
 
+    refine_generator = torch.Generator().manual_seed(config.seed)
+
+    def refine(latents: torch.Tensor, cameras: list[Camera]) -> torch.Tensor:
+        return refine_latents(prior, latents, cameras, run.prompts, config.colour_refine, refine_generator)
+
+    started = time.perf_counter()
+    views = decode_views(prior, field_, background, colour_cameras(prior, config.colour_view_azimuths, run.views.rig),
+                         config.samples_per_ray, on_batch=check_cancel, refine=refine)
+    timings["colour_s"] = time.perf_counter() - started
+
     started = time.perf_counter()
     density = field_.density_grid(config.mesh_resolution).cpu().numpy()
+    level = config.iso_level * np.log(2.0) / field_.voxel_size
+    if config.carve_votes > 0:
+        carved = carve(density, field_.bound, views, config.foreground_threshold, config.carve_votes)
+        # Views that show no object at all (an untrained prior) would carve everything away.
+        if (carved > level).sum() >= 0.1 * (density > level).sum():
+            density = carved
+        else:
+            log.warning("silhouette carving skipped: the decoded views show almost no object")
     if config.surface_smoothing > 0:
         sigma = config.surface_smoothing * (config.mesh_resolution - 1) / (config.grid_resolution - 1)
         density = gaussian_filter(density, sigma, mode="nearest")
-    level = config.iso_level * np.log(2.0) / field_.voxel_size
     vertices, faces = extract_mesh(density, field_.bound, level)
     check_cancel()
     vertices, faces, uvs = unwrap(vertices, faces, config.texture_size)
@@ -219,18 +249,17 @@ def textured_mesh(run: FieldOptimisation, config: GenerateConfig, rig: Sequence[
     check_cancel()
 
     started = time.perf_counter()
-    views = decode_views(prior, field_, background, colour_cameras(prior, config.colour_view_azimuths, rig),
-                         config.samples_per_ray, on_batch=check_cancel)
     tolerance = 2.0 * field_.voxel_size
 
     def colour_fn(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        return backproject(points, normals, vertices, faces, views, tolerance, on_view=check_cancel)[0]
+        return backproject(points, normals, vertices, faces, views, tolerance, on_view=check_cancel,
+                           foreground_threshold=config.foreground_threshold)[0]
 
     texture = bake_texture(vertices, faces, uvs, colour_fn, size=config.texture_size)
     check_cancel()
     mesh = TexturedMesh(vertices.astype(np.float32), faces.astype(np.int32), uvs.astype(np.float32), texture)
     colour_error = view_fidelity(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, views)
-    timings["colour_s"] = time.perf_counter() - started
+    timings["colour_s"] += time.perf_counter() - started
     preview = (views[0].image * 255).round().astype(np.uint8)
     if on_progress is not None:
         on_progress(Progress("colour", 1, 1, final_loss, preview))

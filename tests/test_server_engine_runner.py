@@ -1,0 +1,147 @@
+"""EngineRunner without sockets: what each job kind's params and arrays become before the job is queued."""
+
+import numpy as np
+import pytest
+
+from engine import Camera
+from engine.meshes import MeshInput
+from engine.tasks.generate import GenerateConfig
+from engine.tasks.paint import PaintConfig
+from engine.tasks.sketch import SketchConfig
+from server.engine_runner import EngineRunner, mesh_error_field
+from server.protocol import Code, Msg, ProtocolError, decode, encode
+
+
+def cube_arrays() -> dict:
+    vertices = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float32)
+    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]], dtype=np.int32)
+    return {"vertices": vertices, "faces": faces}
+
+
+def camera_map(angle_deg: float, position, fov: float) -> dict:
+    turn = np.radians(angle_deg)
+    c2w = np.eye(4)
+    c2w[:3, :3] = [[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]]
+    c2w[:3, :3] = c2w[:3, :3] @ [[1, 0, 0], [0, 0, -1], [0, 1, 0]]  # tipped up to look along the horizon
+    c2w[:3, 3] = position
+    return {"name": f"cam {angle_deg}", "c2w": c2w.tolist(), "fov_y_deg": fov, "aspect": 1.5}
+
+
+def prepared(kind: str, arrays=None, **params):
+    """Through the protocol's decoder first, as the server does."""
+    message = decode([bytes(f) for f in encode(Msg.SUBMIT, 1, arrays, kind=kind,
+                                               params={"prompt": "a red cube", **params})], Msg.REQUESTS)
+    return EngineRunner(prior=None).prepare(kind, message.header["params"], message.arrays)
+
+
+def refusal(kind: str, arrays=None, **params) -> ProtocolError:
+    with pytest.raises(ProtocolError) as caught:
+        prepared(kind, arrays, **params)
+    return caught.value
+
+
+def test_the_runner_runs_all_three_kinds():
+    assert EngineRunner.kinds == ("generate", "paint", "sketch")
+
+
+@pytest.mark.parametrize("kind, config_type, arrays", [
+    ("generate", GenerateConfig, None), ("paint", PaintConfig, cube_arrays()), ("sketch", SketchConfig, cube_arrays())])
+def test_each_kind_gets_its_own_presets_with_the_params_on_top(kind, config_type, arrays):
+    from engine.tasks import generate, paint, sketch
+
+    presets = {"generate": generate.preset_config, "paint": paint.preset_config, "sketch": sketch.preset_config}
+    draft = presets[kind]("draft")
+    job = prepared(kind, arrays, preset="draft", seed=5, negative_prompt="blurry", guidance_scale=7.5, method="sjc")
+    config = job.config
+    assert type(config) is config_type
+    assert (config.steps, config.texture_size) == (draft.steps, draft.texture_size)  # the kind's own draft
+    assert (config.seed, config.negative_prompt) == (5, "blurry")
+    assert (config.guidance.guidance_scale, config.guidance.method) == (7.5, "sjc")
+    assert prepared(kind, arrays, steps=9, texture_size=640).config.steps == 9
+    assert job.rig == ()
+    assert (job.mesh is None) == (arrays is None)
+
+
+def test_shape_params_reach_generate_and_sketch():
+    for kind, arrays in (("generate", None), ("sketch", cube_arrays())):
+        config = prepared(kind, arrays, grid_resolution=24, mesh_resolution=40).config
+        assert (config.grid_resolution, config.mesh_resolution) == (24, 40)
+
+
+@pytest.mark.parametrize("kind", ["paint", "sketch"])
+def test_the_mesh_becomes_an_engine_mesh_input(kind):
+    arrays = cube_arrays()
+    arrays["uvs"] = (arrays["vertices"][:, :2] + 1) / 2
+    mesh = prepared(kind, arrays).mesh
+    assert isinstance(mesh, MeshInput)
+    assert (mesh.vertices.dtype, mesh.faces.dtype, mesh.uvs.dtype) == (np.float64, np.int64, np.float64)
+    np.testing.assert_array_equal(mesh.vertices, arrays["vertices"])
+    np.testing.assert_array_equal(mesh.faces, arrays["faces"])
+    np.testing.assert_array_equal(mesh.uvs, arrays["uvs"])
+
+
+@pytest.mark.parametrize("kind, arrays", [("generate", None), ("paint", cube_arrays()), ("sketch", cube_arrays())])
+def test_cameras_become_engine_cameras_with_the_sent_matrices(kind, arrays):
+    sent = [camera_map(30, (4.0, -6.0, 1.5), 39.6), camera_map(-90, (-5.0, 0.5, 2.0), 22.9)]
+    rig = prepared(kind, arrays, cameras=sent).rig
+    assert len(rig) == 2 and all(isinstance(camera, Camera) for camera in rig)
+    for camera, entry in zip(rig, sent):
+        assert camera.c2w.shape == (4, 4) and camera.c2w.dtype == np.float64
+        np.testing.assert_array_equal(camera.c2w, np.array(entry["c2w"]))
+        assert camera.fov_y_deg == entry["fov_y_deg"]
+
+
+def test_a_camera_turned_30_degrees_looks_where_its_matrix_says():
+    (camera,) = prepared("generate", cameras=[camera_map(30, (0.0, 0.0, 0.0), 40.0)]).rig
+    forward = -camera.c2w[:3, 2]  # Blender cameras look down their local -Z
+    np.testing.assert_allclose(forward, [-np.sin(np.radians(30)), np.cos(np.radians(30)), 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (lambda a: a.__setitem__("vertices", np.zeros((8, 3), np.float32)), "vertices", "no extent"),
+    (lambda a: a.__setitem__("faces", np.zeros((0, 3), np.int32)), "faces", "a mesh needs"),  # the protocol's check
+    (lambda a: a.__setitem__("uvs", np.full((8, 2), 0.5, np.float32)), None, None),  # fine: UVs may coincide
+])
+def test_meshes_the_engine_cannot_use_are_refused_naming_the_field(change, field, words):
+    arrays = cube_arrays()
+    change(arrays)
+    for kind in ("paint", "sketch"):
+        if field is None:
+            assert prepared(kind, arrays).mesh is not None
+            continue
+        error = refusal(kind, arrays)
+        assert (error.code, error.field) == (Code.BAD_REQUEST, field), error.message
+        assert words in error.message and error.message.startswith(f"{field}: ")
+
+
+def test_the_runner_refuses_meshes_beyond_the_engines_bounds_on_its_own():
+    """Arrays that did not come through the protocol's decoder (a Python caller of prepare)."""
+    from engine import meshes
+
+    runner = EngineRunner(prior=None)
+    big = {"vertices": np.random.default_rng(0).random((3, 3)),
+           "faces": np.zeros((meshes.MAX_FACES + 1, 3), np.int64) + [0, 1, 2]}
+    with pytest.raises(ProtocolError) as too_large:
+        runner.prepare("paint", {"prompt": "a cube"}, big)
+    assert too_large.value.field == "faces" and "too large" in too_large.value.message
+    with pytest.raises(ProtocolError) as bad_uvs:
+        runner.prepare("sketch", {"prompt": "a cube"}, {**cube_arrays(), "uvs": np.zeros((8, 3))})
+    assert bad_uvs.value.field == "uvs"
+
+
+def test_mesh_error_messages_name_their_field():
+    assert mesh_error_field("face indices must lie in [0, 3), got [0, 7]") == "faces"
+    assert mesh_error_field("the mesh is too large: 600000 faces and 3 vertices") == "faces"
+    assert mesh_error_field("the uvs are not all finite") == "uvs"
+    assert mesh_error_field("the mesh has no extent: all its vertices are at one point") == "vertices"
+    assert mesh_error_field("the sketch encloses no volume at the field's resolution") == "vertices"
+
+
+def test_params_a_config_refuses_are_refused_as_params():
+    """Values past the protocol's checks (a Python caller of prepare) still meet the config's own."""
+    for kind, arrays in (("generate", {}), ("paint", cube_arrays()), ("sketch", cube_arrays())):
+        with pytest.raises(ProtocolError) as refused:
+            EngineRunner(prior=None).prepare(kind, {"prompt": "a cube", "steps": 0}, arrays)
+        assert (refused.value.code, refused.value.field) == (Code.BAD_REQUEST, "params")
+        assert "steps" in refused.value.message
