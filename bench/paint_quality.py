@@ -3,7 +3,7 @@
 Cases, all with the default PaintConfig (or --preset / --set overrides while tuning):
 
 * ``sphere``: icosphere r = 0.45 painted "a blue sphere"; ``cube``: the contract cube painted
-  "a red cube".  Colour: the painted mesh is rendered (contract shading, 4x4 supersampling) from
+  "a red cube".  Colour: the painted mesh is rendered (unlit, 4x4 supersampling) from
   16 views -- 8 azimuths x elevations 10 and 35 degrees at the contract's camera -- and the median
   colour of the object pixels must be the prompt's palette colour (nearest shaded palette colour,
   ``primitive_world.classify.classify_colour``).
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from engine import load_prior, orbit_camera, write_outputs
 from engine.meshes import MeshInput
@@ -42,6 +43,7 @@ from primitive_world import contract
 from primitive_world.classify import classify_colour
 from primitive_world.evaluate_samples import door_pixels
 from primitive_world.meshes import contract_mesh
+from primitive_world.render import render as contract_render
 
 JUDGE_CAMERAS = [orbit_camera(az, el, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
                  for el in (10.0, 35.0) for az in range(0, 360, 45)]
@@ -52,13 +54,15 @@ CASES = {
     "sphere": dict(shape="sphere", subdivisions=4, prompt="a blue sphere"),
     "cube": dict(shape="cube", subdivisions=2, prompt="a red cube"),
     "house": dict(shape="house", subdivisions=2, prompt="a green house"),
-    "timing": dict(shape="cube", subdivisions=4, prompt="a red cube"),
+    "timing": dict(shape="cube", subdivisions=5, prompt="a red cube"),
 }
 
 
 def render(mesh, camera, size: int = contract.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The texture as a viewer sees it, unlit: Latent-Paint bakes the prior's (contract) lighting into
+    the texture, so lighting it again would count the shading twice."""
     return render_textured(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, camera, size, size,
-                           shading=True, ssaa=contract.SUPERSAMPLE)
+                           shading=False, ssaa=contract.SUPERSAMPLE)
 
 
 def judge_colour(mesh) -> dict:
@@ -75,9 +79,16 @@ def judge_colour(mesh) -> dict:
 
 
 def judge_door(mesh) -> tuple[dict, list[np.ndarray]]:
-    front, _ = render(mesh, orbit_camera(0.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG))
+    front_camera = orbit_camera(0.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
+    front, _ = render(mesh, front_camera)
     back, _ = render(mesh, orbit_camera(180.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG))
-    return {"door_pixels_front": door_pixels(front), "door_pixels_back": door_pixels(back)}, [front, back]
+    counts = {"door_pixels_front": door_pixels(front), "door_pixels_back": door_pixels(back)}
+    # Information only, not a bar: how many of the front's door pixels lie where the contract's door
+    # is (its rectangle grown by 2 pixels); everything outside is whitened so door_pixels skips it.
+    where = ndimage.binary_dilation(contract_render("house", "green", front_camera).door > 0.5, iterations=2)
+    in_place = door_pixels(np.where(where[..., None], front, 1.0))
+    counts["door_in_place"] = round(in_place / counts["door_pixels_front"], 3) if counts["door_pixels_front"] else 0.0
+    return counts, [front, back]
 
 
 def configure(preset: str, seed: int, assignments: list[str]):

@@ -21,3 +21,7 @@ __all__ = [
     "Prior", "PriorError", "PriorMetadata", "load_prior", "CancelToken", "Cancelled", "Progress",
     "GenerateConfig", "GenerateResult", "generate",
 ]
+
+from .tasks.sketch import SketchConfig, sketch  # noqa: E402  (appended: Sketch-Shape guidance)
+
+__all__ += ["SketchConfig", "sketch"]

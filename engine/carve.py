@@ -11,8 +11,18 @@ view that disagrees.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from .cameras import project
 from .colour import DecodedView, foreground_mask
+from .field import VoxelField
+from .renderer import render
+
+
+def _lattice(resolution: int, bound: float) -> np.ndarray:
+    """(R^3, 3) world points of the lattice over [-bound, bound]^3, in [z, y, x] index order."""
+    axis = np.linspace(-bound, bound, resolution)
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    return np.stack([x, y, z], axis=-1).reshape(-1, 3)
 
 
 def background_votes(points: np.ndarray, views: list[DecodedView], threshold: float) -> np.ndarray:
@@ -32,8 +42,64 @@ def carve(density: np.ndarray, bound: float, views: list[DecodedView], threshold
           min_votes: int) -> np.ndarray:
     """``density`` (R, R, R) on the lattice over [-bound, bound]^3 indexed [z, y, x], with every
     point that at least ``min_votes`` views show as background set to zero."""
-    axis = np.linspace(-bound, bound, density.shape[0])
-    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
-    points = np.stack([x, y, z], axis=-1).reshape(-1, 3)
+    points = _lattice(density.shape[0], bound)
     empty = background_votes(points, views, threshold).reshape(density.shape) >= min_votes
     return np.where(empty, 0.0, density)
+
+
+def _splat_silhouette(points: np.ndarray, view: DecodedView) -> np.ndarray:
+    height, width = view.image.shape[:2]
+    xy, depth = project(points, view.camera, width, height)
+    cols, rows = np.floor(xy[:, 0]).astype(int), np.floor(xy[:, 1]).astype(int)
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (depth > 0)
+    silhouette = np.zeros((height, width), dtype=bool)
+    silhouette[rows[inside], cols[inside]] = True
+    return silhouette
+
+
+def silhouette_iou(occupied: np.ndarray, bound: float, views: list[DecodedView], masks: list[np.ndarray]) -> float:
+    """Mean IoU between the projected lattice points of ``occupied`` (R, R, R) and the masks."""
+    points = _lattice(occupied.shape[0], bound)[occupied.reshape(-1)]
+    if len(points) == 0:
+        return 0.0
+    scores = []
+    for view, mask in zip(views, masks):
+        silhouette = _splat_silhouette(points, view)
+        scores.append((silhouette & mask).sum() / max((silhouette | mask).sum(), 1))
+    return float(np.mean(scores))
+
+
+def matching_level(density: np.ndarray, bound: float, views: list[DecodedView], threshold: float,
+                   candidates: list[float]) -> float:
+    """The iso-level, among ``candidates``, whose solid's silhouettes best match the views' objects.
+
+    The field's density is not calibrated: a fog that the renderer accumulates to full opacity can
+    lie below any fixed level, and a level low enough for fog turns a dense field's soft skirt
+    into surface. The decoded views say where the object's outline is, so they pick the level."""
+    masks = [foreground_mask(view, threshold) for view in views]
+    scores = [silhouette_iou(density > level, bound, views, masks) for level in candidates]
+    return candidates[int(np.argmax(scores))]
+
+
+def fit_silhouettes(field: VoxelField, views: list[DecodedView], threshold: float, steps: int,
+                    resolution: int, samples_per_ray: int, learning_rate: float = 0.05) -> None:
+    """Fit the field's density so that its rendered opacity matches the views' object masks.
+
+    Carving can only take density away; where the prior's refined views show more object than
+    the field holds (a cone's wide base under a field that narrowed to an onion), this adds it.
+    The masks come from one refinement of the final field, so this is a short reconstruction
+    that settles the outline, not a second optimisation."""
+    targets = []
+    for view in views:
+        mask = foreground_mask(view, threshold).astype(np.float32)
+        factor = mask.shape[0] // resolution
+        targets.append(torch.from_numpy(mask.reshape(resolution, factor, resolution, factor).mean(axis=(1, 3))))
+    optimiser = torch.optim.Adam([field.density], lr=learning_rate)
+    for step in range(steps):
+        index = step % len(views)
+        out = render(field, views[index].camera, resolution, resolution, samples_per_ray)
+        opacity = out.opacity.clamp(1e-4, 1 - 1e-4)
+        loss = torch.nn.functional.binary_cross_entropy(opacity, targets[index].to(opacity.device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()

@@ -16,11 +16,14 @@ import torch
 from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.spatial import cKDTree
 
-from .cameras import Camera, camera_rays, project
+from .cameras import Camera, project
 from .field import EnvironmentBackground, VoxelField
 from .prior import Prior
 from .raster import rasterize, render_textured
 from .renderer import render
+
+
+MAX_FILL_SOURCES = 20_000
 
 
 @dataclass
@@ -28,7 +31,6 @@ class DecodedView:
     camera: Camera
     image: np.ndarray  # (H, W, 3) float in [0, 1], the VAE's decoding of the rendered latents
     opacity: np.ndarray  # (H, W), the field's accumulated alpha, upsampled to the image size
-    background: np.ndarray | None = None  # (H, W, 3), the decoded background alone, seen from this view
 
 
 @torch.no_grad()
@@ -48,27 +50,28 @@ def decode_views(prior: Prior, field: VoxelField, background: EnvironmentBackgro
         images = prior.decode(refine(latents, chunk) if refine is not None else latents)
         opacity = torch.nn.functional.interpolate(torch.stack([r.opacity for r in renders])[:, None],
                                                   size=(image_size, image_size), mode="bilinear")
-        behind = prior.decode(torch.stack([_background_latents(background, cam, size) for cam in chunk]))
-        for cam, image, alpha, plain in zip(chunk, images, opacity, behind):
-            views.append(DecodedView(cam, image.permute(1, 2, 0).cpu().numpy(), alpha[0].cpu().numpy(),
-                                     plain.permute(1, 2, 0).cpu().numpy()))
+        for cam, image, alpha in zip(chunk, images, opacity):
+            views.append(DecodedView(cam, image.permute(1, 2, 0).cpu().numpy(), alpha[0].cpu().numpy()))
     return views
 
 
-def _background_latents(background: EnvironmentBackground, camera: Camera, size: int) -> torch.Tensor:
-    _, directions = camera_rays(camera, size, size, device=background.image.device)
-    return background(directions.reshape(-1, 3)).T.reshape(-1, size, size)
+def border_colour(image: np.ndarray) -> np.ndarray:
+    """The median colour of an image's outermost pixels: the background, in a view that frames the
+    object in its middle as the prior's training images do."""
+    ring = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+    return np.median(ring, axis=0)
 
 
 def foreground_mask(view: DecodedView, threshold: float, grow: int = 0) -> np.ndarray:
-    """Pixels whose colour differs from the decoded background by more than ``threshold`` in some
-    channel, grown by ``grow`` pixels (shrunk when negative)."""
-    if view.background is None:
-        raise ValueError("a foreground mask needs the view's decoded background")
-    mask = np.abs(view.image - view.background).max(axis=-1) > threshold
+    """Pixels whose colour differs from the view's background (its border colour) by more than
+    ``threshold`` in some channel, grown by ``grow`` pixels (shrunk when negative). The decoded
+    view's own border is the reference, not the learned background decoded alone: refinement
+    redraws the background too."""
+    mask = np.abs(view.image - border_colour(view.image)).max(axis=-1) > threshold
+    square = np.ones((3, 3), dtype=bool)  # diagonal neighbours count: bilinear taps reach them
     if grow > 0:
-        return binary_dilation(mask, iterations=grow)
-    return binary_erosion(mask, iterations=-grow) if grow < 0 else mask
+        return binary_dilation(mask, square, iterations=grow)
+    return binary_erosion(mask, square, iterations=-grow) if grow < 0 else mask
 
 
 def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -118,20 +121,27 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
     colours = np.zeros((len(points), 3))
     colours[seen] = total[seen] / weight_sum[seen, None]
     if seen.any() and not seen.all():
-        _, nearest = cKDTree(points[seen]).query(points[~seen])
-        colours[~seen] = colours[seen][nearest]
+        # A fixed-stride subset of the seen points: nearest-neighbour queries from far-away unseen
+        # points (a whole underside) cost minutes against every seen texel, and a fill colour
+        # needs no texel precision.
+        sources = np.flatnonzero(seen)[::max(1, int(seen.sum()) // MAX_FILL_SOURCES)]
+        _, nearest = cKDTree(points[sources]).query(points[~seen])
+        colours[~seen] = colours[sources][nearest]
     return np.clip(colours, 0, 1), seen
 
 
 def view_fidelity(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
-                  views: list[DecodedView]) -> float:
+                  views: list[DecodedView], foreground_threshold: float | None = None) -> float:
     """Mean absolute RGB error between unshaded renders of the textured mesh and the decoded views,
-    over pixels inside both silhouettes: the check that the texture says what the prior saw."""
+    over pixels inside both silhouettes: the check that the texture says what the prior saw. With a
+    ``foreground_threshold``, only over the pixels back-projection could take colour from."""
     errors = []
     for view in views:
         height, width = view.image.shape[:2]
         rgb, alpha = render_textured(vertices, faces, uvs, texture, view.camera, width, height, shading=False)
         both = (alpha > 0.99) & (view.opacity > 0.9)
+        if foreground_threshold is not None:
+            both &= foreground_mask(view, foreground_threshold, grow=-1)
         if both.any():
             errors.append(np.abs(rgb[both] - view.image[both]).mean())
     return float(np.mean(errors)) if errors else float("nan")

@@ -14,7 +14,6 @@ import logging
 import math
 from dataclasses import dataclass
 
-import igl
 import numpy as np
 import torch
 
@@ -23,6 +22,16 @@ from .field import VoxelField
 log = logging.getLogger(__name__)
 
 INSIDE_WINDING = 0.5
+
+
+def _igl():
+    # Imported on use, so that ``import engine`` (and everything but Sketch-Shape) works on an
+    # install that predates the libigl dependency.
+    try:
+        import igl
+    except ImportError as error:
+        raise ImportError("Sketch-Shape needs libigl: pip install 'libigl>=2.6'") from error
+    return igl
 
 
 def lattice(resolution: int, bound: float) -> np.ndarray:
@@ -41,7 +50,7 @@ def winding_numbers(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray)
     flat = np.ascontiguousarray(points.reshape(-1, 3))
     # The fast (Barnes-Hut) variant: exact near the surface, where the inside test matters, and
     # O(log F) per point far from it, so a dense sketch on a 64^3 grid stays well under a second.
-    numbers = igl.fast_winding_number(np.ascontiguousarray(vertices, dtype=np.float64),
+    numbers = _igl().fast_winding_number(np.ascontiguousarray(vertices, dtype=np.float64),
                                       np.ascontiguousarray(faces, dtype=np.int64), flat)
     return numbers.reshape(points.shape[:-1])
 
@@ -49,7 +58,7 @@ def winding_numbers(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray)
 def surface_distance(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Unsigned distance from each point (..., 3) to the nearest triangle of the mesh (AABB tree)."""
     points = np.asarray(points, dtype=np.float64)
-    squared, _, _ = igl.point_mesh_squared_distance(
+    squared, _, _ = _igl().point_mesh_squared_distance(
         np.ascontiguousarray(points.reshape(-1, 3)), np.ascontiguousarray(vertices, dtype=np.float64),
         np.ascontiguousarray(faces, dtype=np.int64))
     return np.sqrt(squared).reshape(points.shape[:-1])

@@ -12,8 +12,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from ..cameras import Camera, ViewSampler
-from ..carve import carve
-from ..colour import backproject, decode_views, view_fidelity
+from ..carve import carve, fit_silhouettes, matching_level
+from ..colour import backproject, decode_views, foreground_mask, view_fidelity
 from ..export import TexturedMesh, bake_texture, extract_mesh, unwrap
 from ..field import EnvironmentBackground, VoxelField
 from ..guidance import GuidanceConfig, GuidanceStep, ScoreDistillation, surrogate_loss
@@ -58,10 +58,14 @@ class GenerateConfig:
     # Silhouette carving (engine.carve): a lattice point the decoded views show as background in at
     # least this many views is emptied before marching cubes; 0 turns carving off.
     carve_votes: int = 2
+    silhouette_fit_steps: int = 200  # density fitted to the decoded views' outlines (engine.carve)
     foreground_threshold: float = 0.1  # colour difference from the decoded background that counts as object,
     # for carving and for which decoded pixels may colour the surface
     mesh_resolution: int = 64  # xatlas time grows fast with face count (0.6 s here, 4 s at 96)
     iso_level: float = 1.0  # in units of the density that makes one field voxel half opaque
+    # Multiples of iso_level tried for the surface; the one whose silhouettes best match the decoded
+    # views' objects wins (engine.carve.matching_level). Empty: iso_level as it is.
+    iso_level_choices: tuple[float, ...] = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
     # Gaussian blur of the density before marching cubes, in field voxels: score distillation
     # leaves voxel-scale noise in the density that would otherwise become a bumpy surface.
     surface_smoothing: float = 1.0
@@ -228,18 +232,23 @@ def textured_mesh(run: FieldOptimisation, config: GenerateConfig, rig: Sequence[
     timings["colour_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    # Views that show no object at all (an untrained prior) would carve everything away.
+    views_show_object = np.mean([foreground_mask(view, config.foreground_threshold).mean() for view in views]) > 0.01
+    if config.silhouette_fit_steps > 0 and views_show_object:
+        fit_silhouettes(field_, views, config.foreground_threshold, config.silhouette_fit_steps,
+                        2 * prior.metadata.latent_size, config.samples_per_ray)
     density = field_.density_grid(config.mesh_resolution).cpu().numpy()
     level = config.iso_level * np.log(2.0) / field_.voxel_size
-    if config.carve_votes > 0:
-        carved = carve(density, field_.bound, views, config.foreground_threshold, config.carve_votes)
-        # Views that show no object at all (an untrained prior) would carve everything away.
-        if (carved > level).sum() >= 0.1 * (density > level).sum():
-            density = carved
-        else:
-            log.warning("silhouette carving skipped: the decoded views show almost no object")
+    if config.carve_votes > 0 and views_show_object:
+        density = carve(density, field_.bound, views, config.foreground_threshold, config.carve_votes)
     if config.surface_smoothing > 0:
         sigma = config.surface_smoothing * (config.mesh_resolution - 1) / (config.grid_resolution - 1)
         density = gaussian_filter(density, sigma, mode="nearest")
+    if config.iso_level_choices and views_show_object:
+        level = matching_level(density, field_.bound, views, config.foreground_threshold,
+                               [level * factor for factor in config.iso_level_choices])
+        log.info("iso-level %.3g x the half-opaque density matches the decoded silhouettes best",
+                 level * field_.voxel_size / np.log(2.0))
     vertices, faces = extract_mesh(density, field_.bound, level)
     check_cancel()
     vertices, faces, uvs = unwrap(vertices, faces, config.texture_size)
@@ -258,7 +267,7 @@ def textured_mesh(run: FieldOptimisation, config: GenerateConfig, rig: Sequence[
     texture = bake_texture(vertices, faces, uvs, colour_fn, size=config.texture_size)
     check_cancel()
     mesh = TexturedMesh(vertices.astype(np.float32), faces.astype(np.int32), uvs.astype(np.float32), texture)
-    colour_error = view_fidelity(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, views)
+    colour_error = view_fidelity(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, views, config.foreground_threshold)
     timings["colour_s"] += time.perf_counter() - started
     preview = (views[0].image * 255).round().astype(np.uint8)
     if on_progress is not None:

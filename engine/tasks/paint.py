@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import trimesh
+from scipy import ndimage
 
 from ..cameras import Camera, ViewSampler
 from ..colour import DecodedView, backproject, view_fidelity
@@ -45,13 +46,22 @@ ATLAS_PACK_PER_LATENT_TEXEL = 2
 UV_TOLERANCE = 1e-4
 
 
+# Guidance for painting, measured on the embedded prior (bench/paint_quality.py).  DreamFusion's
+# scale 100 wrecks a latent texture there: x0 predictions from house renders leave the image
+# manifold from scale ~15 up, and SDS started from a texture fitted to the true house drifts to
+# white blobs and dark rims at 20 and at 100, while it stays a house at 3-7.5.  A large prior may
+# want more (pass a GuidanceConfig).  Annealing the top of the t-range to 0.4 spends the second
+# half of the run on mid-noise steps, which is where the front view's door forms.
+PAINT_GUIDANCE = dict(guidance_scale=7.5, t_max_final=0.4)
+
+
 @dataclass
 class PaintConfig:
-    steps: int = 400
+    steps: int = 600
     seed: int = 0
     negative_prompt: str = ""
     view_dependent_prompts: bool = True
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(**PAINT_GUIDANCE))
     # latent texture and its optimisation
     latent_texture_size: int = 64  # about one texel per supersampled pixel of a 16x16 latent render
     learning_rate: float = 0.03  # Adam on the latent texture (latents span about +-2)
@@ -59,10 +69,15 @@ class PaintConfig:
     supersample: int = 4  # raster samples per latent pixel side, box-filtered
     view_pool: int = 96  # random views rasterised once and reused
     texture_init_rgb: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    frame_half_extent: float = 0.45
+    init_views: int = 24  # encoded renders of the plain mesh the latent texture starts fitted to
+    init_iterations: int = 300
+    frame_half_extent: float = 0.45  # the frame's box half-extent and RMS surface radius (frame_normalisation)
     # colour stage and export
     colour_view_azimuths: int = 8  # per ring; two rings, so 16 decoded views plus the rig
     colour_angle_power: float = 2.0
+    # Decoded pixels this close to a view's silhouette mix in the background (VAE blur); they are
+    # replaced by the nearest pixel further inside before back-projection.
+    colour_edge_px: int = 2
     texture_size: int = 1024
     preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run
 
@@ -83,12 +98,16 @@ class PaintConfig:
             raise ValueError(f"supersample must lie in [1, 8], got {self.supersample}")
         if self.view_pool < 1:
             raise ValueError(f"view_pool must be at least 1, got {self.view_pool}")
+        if self.init_views < 1 or self.init_iterations < 0:
+            raise ValueError("init_views must be at least 1 and init_iterations non-negative")
         if len(self.texture_init_rgb) != 3 or not all(0 <= c <= 1 for c in self.texture_init_rgb):
             raise ValueError("texture_init_rgb must be three numbers in [0, 1]")
         if not (math.isfinite(self.frame_half_extent) and self.frame_half_extent > 0):
             raise ValueError(f"frame_half_extent must be a positive number, got {self.frame_half_extent}")
         if self.colour_view_azimuths < 1:
             raise ValueError(f"colour_view_azimuths must be at least 1, got {self.colour_view_azimuths}")
+        if not 0 <= self.colour_edge_px <= 16:
+            raise ValueError(f"colour_edge_px must lie in [0, 16], got {self.colour_edge_px}")
         if not (math.isfinite(self.colour_angle_power) and self.colour_angle_power >= 0):
             raise ValueError("colour_angle_power must be a non-negative number")
         if self.preview_every < 0:
@@ -120,7 +139,7 @@ class PaintResult:
 
 
 @dataclass
-class _Layout:
+class UVLayout:
     """The mesh as the optimisation sees it: in the prior's frame, with one UV per vertex."""
 
     vertices: np.ndarray  # (V_out, 3) float64, prior frame
@@ -135,10 +154,10 @@ def _check_uvs(uvs: np.ndarray) -> None:
                         f"[{uvs.min():.4g}, {uvs.max():.4g}]")
 
 
-def _layout(mesh: MeshInput, frame_vertices: np.ndarray, config: PaintConfig) -> _Layout:
+def uv_layout(mesh: MeshInput, frame_vertices: np.ndarray, config: PaintConfig) -> UVLayout:
     if mesh.uvs is not None:
         _check_uvs(mesh.uvs)
-        return _Layout(frame_vertices, mesh.faces, mesh.uvs, np.arange(len(mesh.vertices), dtype=np.int64))
+        return UVLayout(frame_vertices, mesh.faces, mesh.uvs, np.arange(len(mesh.vertices), dtype=np.int64))
     pack_size = ATLAS_PACK_PER_LATENT_TEXEL * config.latent_texture_size
     _, faces, uvs = unwrap(frame_vertices, mesh.faces, pack_size)
     faces = faces.astype(np.int64)
@@ -152,7 +171,33 @@ def _layout(mesh: MeshInput, frame_vertices: np.ndarray, config: PaintConfig) ->
     source[faces.reshape(-1)] = mesh.faces.reshape(-1)
     if (source < 0).any():
         raise MeshError("UV unwrapping produced vertices no face uses")
-    return _Layout(frame_vertices[source], faces, uvs.astype(np.float64), source)
+    return UVLayout(frame_vertices[source], faces, uvs.astype(np.float64), source)
+
+
+def surface_rms_radius(vertices: np.ndarray, faces: np.ndarray, centre: np.ndarray) -> float:
+    """Root-mean-square distance of the surface from ``centre``, by area (exact per triangle)."""
+    a, b, c = (vertices[faces[:, k]] - centre for k in range(3))
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    second_moment = (np.einsum("ij,ij->i", a, a) + np.einsum("ij,ij->i", b, b) + np.einsum("ij,ij->i", c, c)
+                     + np.einsum("ij,ij->i", a, b) + np.einsum("ij,ij->i", b, c) + np.einsum("ij,ij->i", c, a)) / 6
+    total = area.sum()
+    return float(np.sqrt((second_moment * area).sum() / total)) if total > 0 else 0.0
+
+
+def frame_normalisation(vertices: np.ndarray, faces: np.ndarray, half_extent: float) -> Normalisation:
+    """The user -> prior frame map: bounding box centred, and scaled so that both the largest
+    half-extent and the RMS surface radius are at most ``half_extent``.
+
+    The box alone misjudges how big a shape looks: Primitive World's objects have box half-extents
+    from 0.35 (cube) to 0.45 (sphere, house), so fitting every box to 0.45 shows the prior a cube
+    29 % too large, and it paints the excess white to carve it back.  Their RMS surface radii all
+    lie in 0.42-0.45 (the flat torus 0.36), so with both bounds every contract shape lands within
+    7 % of its own size.  Only the vertices that faces use count.
+    """
+    used = np.unique(faces)
+    box = Normalisation.fit(vertices[used], half_extent)
+    spread = surface_rms_radius(vertices, faces, box.centre) / half_extent
+    return Normalisation(box.centre, max(box.scale, spread))
 
 
 def _encoded_colour(prior: Prior, rgb: Sequence[float]) -> torch.Tensor:
@@ -177,19 +222,17 @@ def _normal_orientation(vertices: np.ndarray, faces: np.ndarray) -> tuple[float,
 class LatentPaint:
     """One SDS run on a latent texture of a fixed mesh: ``step()`` is one iteration."""
 
-    def __init__(self, layout: _Layout, prompt: str, prior: Prior, config: PaintConfig,
+    def __init__(self, layout: UVLayout, prompt: str, prior: Prior, config: PaintConfig,
                  generator: torch.Generator, rig: Sequence[Camera] = ()):
         meta = prior.metadata
         self.prior, self.config, self.generator, self.layout = prior, config, generator, layout
         size = config.latent_texture_size
-        # Start from a plain mid grey, not the background's white: on white the object would be
-        # invisible, and the prior's first (high-noise) steps could not tell object from background.
-        # Grey is also about equally far from every palette colour, so it biases no colour.
         start = _encoded_colour(prior, config.texture_init_rgb).view(1, -1, 1, 1)
         self.texture = torch.nn.Parameter(start.expand(1, prior.latent_channels, size, size).clone())
         self.background = _background(prior)
         self.views = ViewPool(ViewSampler(meta.camera, rig), layout.vertices, layout.faces, layout.uvs,
                               meta.latent_size, config.supersample, config.view_pool, generator, prior.device)
+        self._fit_plain_renders()
         self.prompts = ViewPrompts(prior, prompt, config.negative_prompt, config.view_dependent_prompts)
         self.guidance = ScoreDistillation(prior, config.guidance)
         self.optimiser = torch.optim.Adam(
@@ -197,6 +240,39 @@ class LatentPaint:
              {"params": [self.background.image], "lr": config.background_learning_rate}],
             lr=config.learning_rate, betas=(0.9, 0.99))
         self.final_loss = float("nan")
+
+    def _fit_plain_renders(self) -> None:
+        """Start from the latents of the mesh itself, shaded and plain grey.
+
+        A VAE's latents are not per-pixel colours: the mean latent of a plain grey image decodes to
+        white inside an object, and a constant latent field lies off the latents the prior knows.
+        Fitting the texture to encoded renders of the mesh (contract-style shading, a mid grey that
+        is about equally far from every colour) gives a start that decodes to the shape the prior
+        expects, so the score only has to change colours.  The background is left alone.
+        """
+        config, prior = self.config, self.prior
+        if config.init_iterations == 0:
+            return
+        layout, image_size = self.layout, prior.metadata.image_size
+        plain = np.ones((1, 1, 3), dtype=np.float32) * np.asarray(config.texture_init_rgb, dtype=np.float32)
+        chosen = np.linspace(0, len(self.views) - 1, min(config.init_views, len(self.views))).round().astype(int)
+        images = [render_textured(layout.vertices, layout.faces, layout.uvs, plain, self.views[i].camera,
+                                  image_size, image_size, shading=True, background=(1.0, 1.0, 1.0), ssaa=2)[0]
+                  for i in chosen]
+        targets = torch.cat([prior.encode(torch.from_numpy(np.stack(images[k:k + 8])).permute(0, 3, 1, 2))
+                             for k in range(0, len(images), 8)])
+        fitter = torch.optim.Adam([self.texture], lr=0.05)
+        with torch.no_grad():
+            backgrounds = [render_latent(torch.zeros_like(self.texture), self.views[i], self.background)
+                           for i in chosen]
+        for iteration in range(config.init_iterations):
+            k = iteration % len(chosen)
+            latents = render_latent(self.texture, self.views[chosen[k]]) + backgrounds[k]
+            loss = (latents - targets[k]).pow(2).mean()
+            fitter.zero_grad(set_to_none=True)
+            loss.backward()
+            fitter.step()
+        log.info("latent texture fitted to %d plain renders: mse %.4f", len(chosen), float(loss.detach()))
 
     def step(self, step: int) -> tuple[torch.Tensor, float]:
         progress = step / max(self.config.steps - 1, 1)
@@ -230,6 +306,19 @@ class LatentPaint:
         return views
 
 
+def _inside_colours(view: DecodedView, edge_px: int) -> DecodedView:
+    """The view with every pixel within ``edge_px`` of the silhouette (and the background) given the
+    colour of the nearest pixel well inside the object, so back-projection never samples the
+    VAE's blend of object and background at silhouettes."""
+    inside = view.opacity > 0.999
+    if edge_px > 0:
+        inside = ndimage.binary_erosion(inside, iterations=edge_px)
+    if not inside.any():
+        return view
+    _, (rows, cols) = ndimage.distance_transform_edt(~inside, return_indices=True)
+    return DecodedView(view.camera, view.image[rows, cols], view.opacity)
+
+
 def _depth_tolerance(cameras: Sequence[Camera], image_size: int) -> float:
     """Two pixels' footprint at the views' distance: the z-buffer is sampled at a pixel corner,
     so a visible point can sit about a pixel's depth slope off it."""
@@ -255,10 +344,9 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
             cancel.raise_if_cancelled()
 
     started = time.perf_counter()
-    # Fit the frame to the vertices faces use: stray unreferenced vertices must not shrink the prop.
-    normalisation = Normalisation.fit(mesh.vertices[np.unique(mesh.faces)], config.frame_half_extent)
+    normalisation = frame_normalisation(mesh.vertices, mesh.faces, config.frame_half_extent)
     rig_frame = [normalisation.camera_to_frame(camera) for camera in rig]
-    layout = _layout(mesh, normalisation.to_frame(mesh.vertices), config)
+    layout = uv_layout(mesh, normalisation.to_frame(mesh.vertices), config)
     timings["uv_s"] = time.perf_counter() - started
     check_cancel()
 
@@ -293,8 +381,10 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
     tolerance = _depth_tolerance(cameras, prior.metadata.image_size)
     sign, closed = _normal_orientation(layout.vertices, layout.faces)
 
+    cleaned = [_inside_colours(view, config.colour_edge_px) for view in views]
+
     def colour_fn(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        colours, seen = backproject(points, sign * normals, layout.vertices, layout.faces, views, tolerance,
+        colours, seen = backproject(points, sign * normals, layout.vertices, layout.faces, cleaned, tolerance,
                                     config.colour_angle_power, on_view=lambda: colour_step(1))
         if not closed and not seen.all():
             # Open or inconsistently wound meshes: a face no view sees from its normal's side may be
@@ -302,7 +392,7 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
             # unseen texels (the bottom) would only pick up neighbouring faces' edge pixels.
             hidden = ~seen
             back, seen_back = backproject(points[hidden], -sign * normals[hidden], layout.vertices,
-                                          layout.faces, views, tolerance, config.colour_angle_power,
+                                          layout.faces, cleaned, tolerance, config.colour_angle_power,
                                           on_view=check_cancel)
             fill = np.flatnonzero(hidden)[seen_back]
             colours[fill] = back[seen_back]

@@ -1,0 +1,558 @@
+"""Turns the benchmark's results dict (``bench/run.py``) into targets, ``REPORT.md`` and PNG plots.
+
+Kept apart from the measurements so the report can be rewritten from a saved ``results.json``::
+
+    python -m bench.report out/bench/quick/results.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Issue #7's targets: (key, label, comparison, goal, unit).
+TARGETS = [
+    ("shape_top1", "Shape top-1 accuracy (text-to-3D)", ">=", 0.90, "fraction"),
+    ("colour", "Colour accuracy (text-to-3D)", ">=", 0.97, "fraction"),
+    ("janus", "House Janus rate (door seen from the back)", "<=", 0.10, "fraction"),
+    ("time_per_prop", "Median time per textured prop, CPU", "<=", 60.0, "seconds"),
+    ("overhead_ratio", "Overhead ratio (SDS step / U-Net CFG forward)", "<=", 1.3, "ratio"),
+]
+SERVER_SLOWDOWN_GOAL_PERCENT = 5.0  # bench/server_bench.py's goal under 100 status requests/s
+PHASES = [("optimise_s", "optimisation"), ("colour_s", "colour stage"), ("mesh_s", "mesh + UVs"),
+          ("write_s", "file export")]
+PLOTS = {"quality": "quality.png", "speed": "speed.png", "scaling": "scaling.png"}
+
+
+# ------------------------------------------------------------------------------------- formatting
+def _fmt(value, unit: str) -> str:
+    if value is None:
+        return "–"
+    if unit == "fraction":
+        return f"{100 * value:.1f} %"
+    if unit == "seconds":
+        return f"{value:.1f} s"
+    if unit == "ratio":
+        return f"{value:.2f}×"
+    if unit == "pp":
+        return f"{100 * value:.1f} pp"
+    return f"{value:g}"
+
+
+def _margin_text(margin: float, unit: str) -> str:
+    amount = _fmt(abs(margin), "pp" if unit == "fraction" else unit)
+    return f"met by {amount}" if margin >= 0 else f"missed by {amount}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _get(data, *keys):
+    """Nested lookup that gives None for a missing, skipped or failed section."""
+    for key in keys:
+        if not isinstance(data, (dict, list)):
+            return None
+        try:
+            data = data[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _ok(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+# ---------------------------------------------------------------------------------------- targets
+def _target(key, label, op, goal, unit, value, basis: str) -> dict:
+    row = {"key": key, "label": label, "op": op, "goal": goal, "unit": unit, "value": value, "basis": basis,
+           "met": None, "margin": None}
+    if value is not None:
+        margin = value - goal if op == ">=" else goal - value
+        row.update(met=margin >= 0, margin=margin)
+    return row
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    """Issue #7's five targets, each met / not met with the margin (positive: headroom)."""
+    quality = results.get("quality") or {}
+    settings = results.get("settings") or {}
+    full_runs = settings.get("full_prompt_set_runs", 147)
+    subset = f" (a subset; the target is over all {full_runs})" if settings.get("subset") else ""
+    shape, colour, janus = quality.get("shape") or {}, quality.get("colour") or {}, quality.get("janus") or {}
+    per_asset = _get(results, "speed", "per_asset_s")
+    overhead = _get(results, "speed", "overhead")
+    overhead = overhead if isinstance(overhead, dict) and "ratio" in overhead else None
+    threads = _get(results, "machine", "torch_threads")
+    values = {
+        "shape_top1": (shape.get("rate"), f"{shape.get('correct', 0)}/{shape.get('n', 0)} runs{subset}"),
+        "colour": (colour.get("rate"), f"{colour.get('correct', 0)}/{colour.get('n', 0)} runs{subset}"),
+        "janus": (janus.get("rate"), f"{janus.get('correct', 0)}/{janus.get('n', 0)} house runs"),
+        "time_per_prop": (per_asset["median"] if per_asset else None,
+                          f"median of {per_asset['n']} asset(s), {threads} torch thread(s)" if per_asset else ""),
+        "overhead_ratio": (overhead["ratio"] if overhead else None,
+                           f"{overhead['sds_step_ms']:.1f} ms / {overhead['unet_cfg_forward_ms']:.1f} ms, "
+                           f"bench/sds_step.py" if overhead else ""),
+    }
+    return [_target(key, label, op, goal, unit, *values[key]) for key, label, op, goal, unit in TARGETS]
+
+
+def evaluate_other_bars(results: dict) -> list[dict]:
+    """Bars from elsewhere that this benchmark also measures: issue #6's and the server's."""
+    rows = []
+    for key, name in (("paint", "Latent-Paint cases passing issue #6's checks"),
+                      ("sketch", "Sketch-Shape cases passing issue #6's checks")):
+        passed = _get(results, key, "passed")
+        if passed and passed["n"]:
+            rows.append(_target(key, name, ">=", 1.0, "fraction", passed["k"] / passed["n"],
+                                f"{passed['k']}/{passed['n']} cases"))
+    slowdown = _get(results, "server", "slowdown_percent")
+    if slowdown is not None:
+        rows.append(_target("server_slowdown", "Server slowdown under 100 status requests/s", "<=",
+                            SERVER_SLOWDOWN_GOAL_PERCENT / 100, "fraction", slowdown / 100,
+                            "engine steps/s with vs without the load"))
+    return rows
+
+
+def _target_rows(targets: list[dict]) -> list[list]:
+    rows = []
+    for t in targets:
+        goal = f"{'≥' if t['op'] == '>=' else '≤'} {_fmt(t['goal'], t['unit'])}"
+        if t["met"] is None:
+            verdict, margin = "not measured", "–"
+        else:
+            verdict, margin = ("**met**" if t["met"] else "**not met**"), _margin_text(t["margin"], t["unit"])
+        rows.append([t["label"], goal, _fmt(t["value"], t["unit"]), verdict, margin, t["basis"]])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ plots
+def _plot_quality(results: dict, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    by_shape, by_colour = _get(results, "quality", "by_shape"), _get(results, "quality", "by_colour")
+    if not by_shape and not by_colour:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for ax, table, goal, title in ((axes[0], by_shape or {}, 0.90, "Shape top-1 by shape"),
+                                   (axes[1], by_colour or {}, 0.97, "Colour accuracy by colour")):
+        names = list(table)
+        rates = [100 * (table[n]["rate"] or 0) for n in names]
+        bars = ax.bar(names, rates, color="#4c72b0")
+        for bar, name in zip(bars, names):
+            ax.annotate(f"{table[name]['correct']}/{table[name]['n']}", (bar.get_x() + bar.get_width() / 2,
+                        bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.axhline(100 * goal, color="#c44e52", linestyle="--")
+        ax.set_ylim(0, 110)
+        ax.set_xlim(-0.75, max(len(names), 4) - 0.25)  # a lone bar would otherwise fill the panel
+        ax.set_ylabel("% of runs")
+        ax.set_title(f"{title} (dashed: target {100 * goal:.0f} %)", fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _plot_speed(results: dict, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in (_get(results, "quality", "runs") or []) if "error" not in r]
+    if not runs:
+        return False
+    figure, ax = plt.subplots(figsize=(10, 3.8), constrained_layout=True)
+    if len(runs) <= 24:  # one stacked bar per asset stays legible up to about two dozen
+        labels = [f"{r['prompt'][2:]} s{r['seed']}" for r in runs]
+        bottom = [0.0] * len(runs)
+        for key, name in PHASES:
+            heights = [r["timings"].get(key, 0.0) for r in runs]
+            ax.bar(labels, heights, bottom=bottom, label=name)
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        ax.set_ylabel("seconds per asset")
+        ax.set_xlim(-0.75, max(len(runs), 4) - 0.25)
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.axhline(60, color="#c44e52", linestyle="--", label="target: median ≤ 60 s")
+    else:
+        ax.hist([r["seconds"] for r in runs], bins=20, color="#4c72b0")
+        ax.axvline(60, color="#c44e52", linestyle="--", label="target: median ≤ 60 s")
+        ax.set_xlabel("seconds per asset")
+        ax.set_ylabel("assets")
+    ax.set_title("Wall time per textured asset")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _plot_scaling(results: dict, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    grid, steps = _get(results, "speed", "grid_scaling"), _get(results, "speed", "steps_scaling")
+    grid = grid if isinstance(grid, list) and grid else None
+    steps = steps if isinstance(steps, list) and steps else None
+    if not grid and not steps:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    if grid:
+        xs = [r["grid_resolution"] for r in grid]
+        axes[0].plot(xs, [r["step_ms"] for r in grid], marker="o")
+        axes[0].set_xticks(xs)
+        axes[0].set_xlabel("voxel grid resolution R (R³ voxels)")
+        axes[0].set_ylabel("ms per SDS step (median)")
+        axes[0].set_ylim(bottom=0)  # from zero, so noise does not pass for growth
+        axes[0].set_title("Step time vs grid resolution")
+    else:
+        axes[0].set_axis_off()
+    if steps:
+        xs = [r["steps"] for r in steps]
+        axes[1].plot(xs, [r["seconds"] for r in steps], marker="o", label="end to end")
+        axes[1].plot(xs, [r["timings"]["optimise_s"] for r in steps], marker="s", label="optimisation")
+        axes[1].plot(xs, [r["seconds"] - r["timings"]["optimise_s"] for r in steps], marker="^",
+                     label="colour + mesh + export")
+        axes[1].set_xticks(xs)
+        axes[1].set_xlabel("optimisation steps")
+        axes[1].set_ylabel("seconds")
+        axes[1].set_ylim(bottom=0)
+        axes[1].set_title("Time per asset vs step count")
+        axes[1].legend(fontsize=8)
+    else:
+        axes[1].set_axis_off()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+# ---------------------------------------------------------------------------------------- sections
+def _section_status(results: dict, name: str) -> str | None:
+    """A line for a section that has no figures, or None when it has some."""
+    status = _get(results, "sections", name) or {}
+    if status.get("skipped"):
+        return f"_Skipped (`--skip {name}`)._"
+    if status.get("error"):
+        return f"_Not measured: the section failed with `{status['error']}` (traceback in results.json)._"
+    if results.get(name) is None:
+        return "_Not measured._"
+    return None
+
+
+def _quality_md(results: dict, plots: dict) -> list[str]:
+    out = ["## Text-to-3D quality", ""]
+    missing = _section_status(results, "quality")
+    if missing:
+        return out + [missing, ""]
+    q, settings = results["quality"], results.get("settings") or {}
+    out.append(
+        f"{q['runs_completed']} assets ({len(q['prompts'])} prompts × seed(s) {', '.join(map(str, q['seeds']))}), "
+        "each generated with default settings, exported as GLB and read back. **Shape**: silhouettes of the "
+        "textured mesh from 16 views (8 azimuths × elevations 10° and 35°, the contract camera) against the 7 "
+        "analytic shapes; the best mean IoU wins. **Colour**: the median colour of the texels the mesh uses, "
+        "nearest shaded palette colour. **Janus**: a house whose back view (azimuth 180°, elevation 15°) shows "
+        "20 or more door-coloured pixels, as `bench/paint_quality.py` counts them.")
+    if settings.get("subset"):
+        out += ["", f"> Quick mode: accuracy is on this subset only, not on the full "
+                    f"{settings.get('full_prompt_set_runs', 147)}-run prompt set the targets are defined over. "
+                    "The 95 % intervals below show how little a handful of runs can say."]
+    if q["runs_failed"]:
+        out += ["", f"**{q['runs_failed']} run(s) failed** and are left out of the rates (errors in results.json)."]
+    rows = []
+    for key, label in (("shape", "shape top-1"), ("colour", "colour")):
+        r = q[key]
+        if r["n"]:
+            lo, hi = r["wilson95"]
+            rows.append([label, f"{r['correct']}/{r['n']}", _fmt(r["rate"], "fraction"),
+                         f"{100 * lo:.0f}–{100 * hi:.0f} %"])
+    janus = q["janus"]
+    if janus["n"]:
+        lo, hi = janus["wilson95"]
+        rows.append(["Janus (door at the back)", f"{janus['correct']}/{janus['n']}",
+                     _fmt(janus["rate"], "fraction"), f"{100 * lo:.0f}–{100 * hi:.0f} %"])
+        rows.append(["door visible in front (house)", f"{janus['door_in_front']}/{janus['n']}",
+                     _fmt(janus["door_in_front"] / janus["n"], "fraction"), ""])
+    out += ["", _table(["measure", "runs", "rate", "95 % interval"], rows), ""]
+    runs = [r for r in q["runs"] if "error" not in r]
+    misses = [r for r in runs if not (r["shape_ok"] and r["colour_ok"] and not r.get("janus", False))]
+    listed = runs if len(runs) <= 12 else misses
+    if listed:
+        out += ["Every run:" if listed is runs else f"The {len(misses)} runs with a miss (all runs are in results.json):",
+                "", _table(["prompt", "seed", "judged shape", "IoU margin", "judged colour", "back-door px", "time"],
+                           [[r["prompt"], r["seed"], r["shape"] if r["shape_ok"] else f"**{r['shape']}**",
+                             f"{r['iou_margin']:+.3f}", r["colour"] if r["colour_ok"] else f"**{r['colour']}**",
+                             r.get("door_pixels_back", "–"), _fmt(r["seconds"], "seconds")] for r in listed]), ""]
+    if "quality" in plots:
+        out += [f"![accuracy by shape and colour]({plots['quality']})", ""]
+    return out
+
+
+def _paint_sketch_md(results: dict) -> list[str]:
+    out = ["## Latent-Paint and Sketch-Shape (issue #6's checks)", ""]
+    missing = _section_status(results, "paint")
+    if missing:
+        out += ["Latent-Paint: " + missing, ""]
+    else:
+        p = results["paint"]
+        out.append("Latent-Paint (`bench/paint_quality.py`): the contract mesh painted from a prompt; colour = median "
+                   "of the object pixels over 16 shaded views; house: door in front (≥ 20 px) and none at the back; "
+                   "timing: a 12,288-face cube painted within 120 s.")
+        rows = []
+        for r in p["cases"]:
+            if "error" in r:
+                rows.append([r["case"], r["seed"], "–", "–", "–", f"error: {r['error']}"])
+                continue
+            door = f"{r['door_pixels_front']}/{r['door_pixels_back']}" if "door_pixels_front" in r else "–"
+            failed = [k for k, v in r["checks"].items() if not v]
+            rows.append([f"{r['case']} ({r['prompt']})", r["seed"], r.get("colour", "–"), door,
+                         _fmt(r["seconds"], "seconds"), "pass" if r["passed"] else "**fail**: " + ", ".join(failed)])
+        out += ["", _table(["case", "seed", "judged colour", "door px front/back", "time", "verdict"], rows), ""]
+        if p.get("colour"):
+            out += [f"Latent-Paint colour accuracy: {p['colour']['correct']}/{p['colour']['n']} "
+                    f"({_fmt(p['colour']['rate'], 'fraction')}).", ""]
+    missing = _section_status(results, "sketch")
+    if missing:
+        out += ["Sketch-Shape: " + missing, ""]
+    else:
+        s = results["sketch"]
+        out.append("Sketch-Shape (`bench/sketch_quality.py`): volume IoU of the exported mesh with the sketch; colour "
+                   "where the case asks for one; each job within 180 s.")
+        rows = []
+        for r in s["cases"]:
+            if "error" in r:
+                rows.append([r["case"], r["seed"], "–", "–", "–", f"error: {r['error']}"])
+                continue
+            rows.append([f"{r['case']} ({r['prompt']})", r["seed"], f"{r['iou']:.3f} (bar {r['min_iou']:.2f})",
+                         f"{r['colour']}" + (f" (want {r['colour_wanted']})" if r["colour_wanted"] else ""),
+                         _fmt(r["seconds"], "seconds"), "pass" if r["passed"] else "**fail**"])
+        out += ["", _table(["case", "seed", "IoU", "colour", "time", "verdict"], rows), ""]
+        if s.get("iou"):
+            out += [f"Sketch-Shape IoU: median {s['iou']['median']:.3f}, min {s['iou']['min']:.3f} "
+                    f"over {s['iou']['n']} jobs.", ""]
+    return out
+
+
+def _speed_md(results: dict, plots: dict) -> list[str]:
+    out = ["## Speed", ""]
+    missing = _section_status(results, "speed")
+    if missing:
+        return out + [missing, ""]
+    s = results["speed"]
+    threads = _get(results, "machine", "torch_threads")
+    if s.get("per_asset_s"):
+        a = s["per_asset_s"]
+        out += [f"Wall time per textured asset (generate + GLB/OBJ export), {threads} torch thread(s): median "
+                f"**{a['median']:.1f} s**, range {a['min']:.1f}–{a['max']:.1f} s over {a['n']} asset(s).", ""]
+        rows = [[name, f"{s['phases'][key]['median']:.2f} s", f"{s['phases'][key]['min']:.2f}–"
+                 f"{s['phases'][key]['max']:.2f} s"] for key, name in PHASES if s["phases"].get(key)]
+        out += [_table(["phase", "median", "range"], rows), ""]
+        if s.get("sds_its_per_s"):
+            out += [f"SDS iterations per second during optimisation: median {s['sds_its_per_s']['median']:.1f}.", ""]
+        if "speed" in plots:
+            out += [f"![time per asset by phase]({plots['speed']})", ""]
+    overhead = s.get("overhead")
+    if isinstance(overhead, dict) and "ratio" in overhead:
+        out += ["Overhead ratio (`bench/sds_step.py`: one SDS step, i.e. render + U-Net + backward + Adam, against "
+                "the U-Net's batch-2 CFG forward alone, interleaved in one process):", "",
+                _table(["prior", "U-Net params", "latents", "U-Net CFG forward", "SDS step", "ratio",
+                        "ratio by CPU time"],
+                       [[overhead["prior"], f"{overhead['unet_parameters'] / 1e6:.1f} M",
+                         f"{overhead['latent_size']}²", f"{overhead['unet_cfg_forward_ms']:.1f} ms",
+                         f"{overhead['sds_step_ms']:.1f} ms", f"{overhead['ratio']:.3f}",
+                         f"{overhead.get('cpu_time_ratio', float('nan')):.3f}"]]), ""]
+    elif isinstance(overhead, dict) and "error" in overhead:
+        out += [f"Overhead ratio: not measured (`{overhead['error']}`).", ""]
+    grid, steps = s.get("grid_scaling"), s.get("steps_scaling")
+    if isinstance(grid, list) and grid:
+        out += ["Time per SDS step against the voxel grid's resolution (default 32):", "",
+                _table(["grid", "ms per step", "steps/s"],
+                       [[f"{r['grid_resolution']}³", f"{r['step_ms']:.1f}", f"{r['steps_per_s']:.1f}"] for r in grid]),
+                ""]
+    elif isinstance(grid, dict):
+        out += [f"Grid scaling: not measured (`{grid.get('error')}`).", ""]
+    if isinstance(steps, list) and steps:
+        out += ["End-to-end time of one asset (`a red cube`, seed 0) against the step count (default 600):", "",
+                _table(["steps", "end to end", "optimisation", "rest", "note"],
+                       [[r["steps"], _fmt(r["seconds"], "seconds"), _fmt(r["timings"]["optimise_s"], "seconds"),
+                         _fmt(r["seconds"] - r["timings"]["optimise_s"], "seconds"),
+                         "the quality run" if r["reused_quality_run"] else ""] for r in steps]), ""]
+    elif isinstance(steps, dict):
+        out += [f"Steps scaling: not measured (`{steps.get('error')}`).", ""]
+    if "scaling" in plots:
+        out += [f"![scaling with grid resolution and step count]({plots['scaling']})", ""]
+    return out
+
+
+def _server_md(results: dict) -> list[str]:
+    out = ["## Server", ""]
+    missing = _section_status(results, "server")
+    if missing:
+        return out + [missing, ""]
+    s = results["server"]
+    setup = s.get("setup", {})
+    lat = s["progress_latency_ms"]
+    out += [f"`bench/server_bench.py` against a real server process on a loopback port (prior: "
+            f"{'the tiny random test prior, so the server’s own cost shows at its largest' if 'tiny' in str(setup.get('model', '')) else setup.get('model')}; "
+            f"{setup.get('rounds')} round(s) of a {setup.get('steps')}-step job, server with "
+            f"{setup.get('server_threads')} thread(s)).", "",
+            _table(["measure", "value"], [
+                ["submit → accepted, worker idle (median)", f"{s['submit_to_accepted_ms']['idle_median']:.2f} ms"],
+                ["submit → accepted, worker busy (median)", f"{s['submit_to_accepted_ms']['busy_median']:.2f} ms"],
+                ["progress event latency, median / p95", f"{lat['without_load']['median']:.2f} / "
+                                                         f"{lat['without_load']['p95']:.2f} ms"],
+                ["… under 100 status requests/s", f"{lat['with_status_load']['median']:.2f} / "
+                                                  f"{lat['with_status_load']['p95']:.2f} ms"],
+                ["status requests/s achieved", f"{s['status_requests_per_s_achieved']:.0f}"],
+                ["slowdown of the worker under that load", _slowdown_text(s["slowdown_percent"])],
+            ]), ""]
+    return out
+
+
+def _slowdown_text(percent: float) -> str:
+    goal = f"(goal ≤ {SERVER_SLOWDOWN_GOAL_PERCENT:g} %)"
+    if percent < 0:  # faster with the load than without: the run-to-run noise is larger than the cost
+        return f"none measurable: {percent:.1f} %, i.e. faster with the load, within run-to-run noise {goal}"
+    return f"{percent:.1f} % {goal}"
+
+
+def _gpu_md(results: dict) -> list[str]:
+    out = ["## GPU", ""]
+    missing = _section_status(results, "gpu")
+    if missing:
+        return out + [missing, ""]
+    g = results["gpu"]
+    if not g.get("available"):
+        return out + [f"**No GPU was available for this run**: {g.get('reason', 'CUDA is not available')}. "
+                      "No GPU numbers are reported, and none are estimated. On a CUDA machine the same command "
+                      "adds CUDA timings of the embedded prior and the overhead ratio of an SD-1.5-sized random "
+                      "U-Net (64×64 latents, batch-2 CFG forward).", ""]
+    out.append(f"Device: {g['device_name']} (CUDA {g['cuda']}), fp16.")
+    if g.get("error"):
+        return out + ["", f"Not measured: `{g['error']}`.", ""]
+    speed = g.get("speed") or {}
+    if speed.get("per_asset_s"):
+        a = speed["per_asset_s"]
+        out += ["", f"Embedded prior on CUDA: median {a['median']:.1f} s per asset over {a['n']} assets "
+                    f"(optimisation median {speed['phases']['optimise_s']['median']:.1f} s, "
+                    f"{speed['sds_its_per_s']['median']:.0f} SDS it/s)."]
+    failed = [r for r in g.get("quality_runs", []) if "error" in r]
+    if failed:
+        out += ["", f"{len(failed)} CUDA generate run(s) failed: `{failed[0]['error']}`."]
+    rows = []
+    for key, name in (("overhead_embedded", "embedded prior"), ("overhead_sd15_sized", "SD-1.5-sized random U-Net")):
+        o = g.get(key) or {}
+        if "ratio" in o:
+            rows.append([name, f"{o['unet_parameters'] / 1e6:.0f} M", f"{o['latent_size']}²",
+                         f"{o['unet_cfg_forward_ms']:.2f} ms", f"{o['sds_step_ms']:.2f} ms", f"{o['ratio']:.3f}"])
+        elif o:
+            rows.append([name, "–", "–", "–", "–", f"error: {o.get('error')}"])
+    if rows:
+        out += ["", "Overhead ratio on CUDA (timed with device syncs):", "",
+                _table(["U-Net", "params", "latents", "CFG forward", "SDS step", "ratio"], rows)]
+    return out + [""]
+
+
+def _machine_md(results: dict) -> list[str]:
+    m = results.get("machine") or {}
+    load_start, load_end = m.get("load_average_start"), m.get("load_average_end")
+    rows = [["CPU", f"{m.get('cpu_model')} — {m.get('cpu_count')} logical CPUs ({m.get('cpus_usable')} usable)"],
+            ["torch", f"{m.get('torch')}, torch threads: {m.get('torch_threads')}"],
+            ["Python / OS", f"{m.get('python')} / {m.get('platform')}"],
+            ["load average (1, 5, 15 min)", f"start {load_start}, end {load_end}"],
+            ["started / finished", f"{results.get('started')} / {results.get('finished')}"],
+            ["duration (wall)", _fmt(results.get("duration_s"), "seconds")]]
+    if results.get("cpu_time_s") is not None:
+        rows.append(["CPU time used (user + system, this process and its children)",
+                     _fmt(results["cpu_time_s"], "seconds")])
+    out = ["## Machine", "", _table(["", ""], rows), ""]
+    busy = [x[0] for x in (load_start, load_end) if x]
+    if busy and m.get("cpu_count") and max(busy) > 0.75 * m["cpu_count"]:
+        out += [f"The machine was shared while this ran (1-minute load up to {max(busy):.1f} on "
+                f"{m['cpu_count']} CPUs), so wall times are pessimistic. The overhead ratio, timed interleaved in "
+                "one process, suffers least; the server slowdown compares separate runs and moves with the load.",
+                ""]
+    return out
+
+
+def render_markdown(results: dict, plots: dict[str, str]) -> str:
+    settings = results.get("settings") or {}
+    mode = results.get("mode", "?")
+    lines = [f"# Dreamsmith benchmark — {mode} mode", "",
+             f"Everything below ran on the embedded Primitive World prior in one command, "
+             f"`{results.get('command')}`, on {_get(results, 'machine', 'cpu_count')} CPUs "
+             f"({_fmt(results.get('duration_s'), 'seconds')} in all). All numbers are in `results.json`."]
+    if settings.get("non_standard"):
+        lines += ["", "> **Non-standard settings** (development run): "
+                      + ", ".join(f"`{k}={v}`" for k, v in settings["non_standard"].items())
+                      + ". These numbers are not comparable with the targets."]
+    lines += ["", "## Targets (issue #7)", "",
+              _table(["target", "goal", "measured", "verdict", "margin", "basis"],
+                     _target_rows(results.get("targets") or evaluate_targets(results))), ""]
+    other = results.get("other_bars") or evaluate_other_bars(results)
+    if other:
+        lines += ["Other bars this run measures:", "",
+                  _table(["bar", "goal", "measured", "verdict", "margin", "basis"], _target_rows(other)), ""]
+    lines += _quality_md(results, plots)
+    lines += _paint_sketch_md(results)
+    lines += _speed_md(results, plots)
+    lines += _server_md(results)
+    lines += _gpu_md(results)
+    lines += _machine_md(results)
+    lines += ["## Reproduce", "", "From the repository root:", "",
+              '    pip install -e ".[bench]"', f"    {results.get('command')}", "",
+              "`--quick` runs a fixed subset in under 5 minutes on a 2-core CPU; `--full` runs all 49 prompts × 3 seeds "
+              "and every issue-#6 case (about an hour). `--out DIR` picks the folder, `--threads N` the torch threads. "
+              "Wall times depend on what else the machine is doing; the load average is recorded above.", ""]
+    return "\n".join(lines)
+
+
+def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
+    """Write REPORT.md and its plots into ``out_dir``; returns what was written by name."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a headless benchmark machine
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, plots = {}, {}
+    for name, draw in (("quality", _plot_quality), ("speed", _plot_speed), ("scaling", _plot_scaling)):
+        path = out_dir / PLOTS[name]
+        try:
+            drawn = draw(results, path)
+        except Exception:  # a plot must not cost the report
+            log.exception("the %s plot failed", name)
+            drawn = False
+        if drawn:
+            written[name] = path
+            plots[name] = path.name
+    report = out_dir / "REPORT.md"
+    report.write_text(render_markdown(results, plots))
+    written["report"] = report
+    return written
+
+
+def console_summary(results: dict) -> str:
+    lines = [f"Dreamsmith benchmark ({results.get('mode')} mode, {_fmt(results.get('duration_s'), 'seconds')}):"]
+    for t in (results.get("targets") or []) + (results.get("other_bars") or []):
+        verdict = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT MET") + \
+            f" ({_margin_text(t['margin'], t['unit'])})"
+        lines.append(f"  {t['label']:<52} {_fmt(t['value'], t['unit']):>9}  {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m bench.report RESULTS.json", file=sys.stderr)
+        return 2
+    path = Path(argv[0])
+    results = json.loads(path.read_text())
+    results["targets"], results["other_bars"] = evaluate_targets(results), evaluate_other_bars(results)
+    for written in write_report(results, path.parent).values():
+        print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

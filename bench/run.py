@@ -1,0 +1,657 @@
+"""Dreamsmith's whole benchmark (issue #7) in one command, on the embedded prior.
+
+Run from the repository root (``pip install -e ".[bench]"`` first, for matplotlib)::
+
+    python -m bench --quick                 # a fixed subset; under 5 minutes on a 2-core CPU
+    python -m bench --full                  # all 49 colour x shape prompts x 3 seeds; about an hour
+    python -m bench --quick --out DIR --threads 2
+
+It writes ``DIR/results.json`` (every number, the machine and the settings), ``DIR/REPORT.md``
+with its PNG plots, and the assets it judged (default DIR: ``out/bench/quick`` or ``out/bench/full``).
+
+Sections, each reusing the project's single-purpose benchmark where one exists:
+
+* quality -- text-to-3D on the prompt set: ``generate`` with default settings, the GLB written and
+  judged by ``bench/text_to_3d_quality.judge`` (shape from 16 silhouettes, colour from the median
+  texel); house runs also get ``bench/paint_quality.judge_door`` (door pixels at the contract's front
+  and back views) for the Janus rate;
+* paint, sketch -- issue #6's cases through ``bench/paint_quality.run_case`` and
+  ``bench/sketch_quality.run_case``;
+* speed -- per-asset and per-phase times from the quality runs, the SDS/U-Net overhead ratio
+  (``bench/sds_step.py``), time per step against grid resolution and total time against step count;
+* server -- ``bench/server_bench.py`` (submit round trip, progress latency, 100 status requests/s);
+* gpu -- only where CUDA is available: the same speed figures on CUDA and an SD-1.5-sized random
+  U-Net; otherwise the report says there was no GPU and gives no numbers.
+
+A failing section is recorded (its error goes into the JSON and the report) and the others still run;
+the exit code is 1 when any section failed, 0 otherwise, whether or not the targets are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import io
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from primitive_world import contract
+
+log = logging.getLogger("bench")
+
+QUICK_PROMPTS = ["a red cube", "a blue sphere", "a green house", "a yellow cone"]
+FULL_PROMPTS = [f"a {colour} {shape}" for shape in contract.SHAPES for colour in contract.COLOUR_NAMES]
+SCALING_PROMPT = "a red cube"  # the steps-scaling runs reuse the quality run of this prompt, seed 0
+
+MODES = {
+    "quick": dict(prompts=QUICK_PROMPTS, seeds=[0],
+                  paint_cases=["house"], paint_seeds=[0], sketch_cases=["cube-as-house"], sketch_seeds=[0],
+                  grids=[16, 32, 48, 64], grid_repeats=8, sds_repeats=10, sds_rounds=3,
+                  steps_factors=[0.25, 0.5, 1.0],
+                  server=dict(rounds=1, steps=200, submits=10), gpu_prompts=QUICK_PROMPTS[:2]),
+    "full": dict(prompts=FULL_PROMPTS, seeds=[0, 1, 2],
+                 paint_cases=["sphere", "cube", "house", "timing"], paint_seeds=[0, 1, 2],
+                 sketch_cases=None, sketch_seeds=[0, 1, 2],
+                 grids=[16, 32, 48, 64], grid_repeats=30, sds_repeats=30, sds_rounds=5,
+                 steps_factors=[0.25, 0.5, 1.0, 2.0],
+                 server=dict(rounds=6, steps=200, submits=50), gpu_prompts=QUICK_PROMPTS),
+}
+# The paint timing case is one 12k-face job judged on time alone; repeating it per seed adds minutes
+# and no information.
+PAINT_ONCE = {"timing"}
+# SD 1.5's U-Net (runwayml/stable-diffusion-v1-5 unet/config.json), written out so no download is needed.
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+)
+SD15_TOKENS = 77
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+def _call_main(main, argv: list[str]) -> tuple[object, str]:
+    """Run a bench script's ``main()`` in this process with ``argv``; (its return value, its stdout).
+
+    The scripts print their figures; capturing keeps this command's own output readable."""
+    buffer = io.StringIO()
+    with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(buffer):
+        value = main()
+    return value, buffer.getvalue()
+
+
+def _sync(device: torch.device):
+    # CUDA kernels run asynchronously: without a sync a timer measures the launch, not the work.
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _median_ms(fn, repeats: int, sync) -> float:
+    samples = []
+    for _ in range(repeats):
+        sync()
+        started = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def _summary(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "mean": statistics.fmean(values),
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(threads: int) -> dict:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu_count": os.cpu_count(), "cpus_usable": affinity, "cpu_model": _cpu_model(),
+        "torch": torch.__version__, "torch_threads": threads, "python": platform.python_version(),
+        "platform": platform.platform(), "device": "cpu",
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
+# --------------------------------------------------------------------------------------- quality
+def quality_run(prior, prompt: str, seed: int, overrides: list[str], workdir: Path) -> dict:
+    """One text-to-3D asset, timed and judged exactly as bench/text_to_3d_quality.py does, plus the
+    door check on houses."""
+    from engine import generate, write_outputs
+    from engine.export import load_glb
+
+    from . import text_to_3d_quality as ttq
+
+    _, colour_word, shape_word = prompt.split()
+    config = ttq.configure("standard", seed, overrides)
+    started = time.perf_counter()
+    result = generate(prompt, prior, config)
+    generated = time.perf_counter()
+    paths = write_outputs(result.mesh, workdir / f"{prompt.replace(' ', '_')}_seed{seed}.glb")
+    write_s = time.perf_counter() - generated
+    seconds = time.perf_counter() - started
+    glb = paths[0]
+    verdict = ttq.judge(glb)
+    others = [v for k, v in verdict["ious"].items() if k != shape_word]
+    row = {
+        "prompt": prompt, "colour_word": colour_word, "shape_word": shape_word, "seed": seed,
+        "steps": config.steps, "grid_resolution": config.grid_resolution, "device": str(prior.device),
+        "seconds": seconds, "timings": {**result.timings, "write_s": write_s},
+        "sds_its_per_s": config.steps / result.timings["optimise_s"],
+        "shape": verdict["shape"], "shape_ok": verdict["shape"] == shape_word,
+        "iou_true": verdict["ious"][shape_word], "iou_margin": verdict["ious"][shape_word] - max(others),
+        "colour": verdict["colour"], "colour_ok": verdict["colour"] == colour_word,
+        "colour_distance": verdict["colour_distance"], "colour_error_vs_decoded_views": result.colour_error,
+        "faces": int(len(result.mesh.faces)), "glb": str(glb),
+    }
+    if shape_word == "house":
+        try:  # paint_quality is still being tuned; a broken import must not cost this run's other verdicts
+            from . import paint_quality as pq
+
+            door, _ = pq.judge_door(load_glb(glb))
+            row.update(door)
+            row["door_front"] = door["door_pixels_front"] >= pq.DOOR_VISIBLE
+            row["janus"] = door["door_pixels_back"] >= pq.DOOR_VISIBLE
+        except Exception as exc:
+            log.exception("the door check of %s failed", glb)
+            row["door_error"] = _error(exc)
+    # The GLB carries the texture; the OBJ copy would triple the size of a full run's folder.
+    for extra in (".obj", ".mtl", ".png"):  # write_obj puts its MTL and texture PNG beside the OBJ
+        glb.with_suffix(extra).unlink(missing_ok=True)
+    return row
+
+
+def _rate(rows: list[dict], key: str) -> dict:
+    n = len(rows)
+    k = sum(bool(r[key]) for r in rows)
+    return {"correct": k, "n": n, "rate": k / n if n else None, "wilson95": wilson_interval(k, n)}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95 % interval of a proportion; honest about how little a handful of runs says."""
+    if n == 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def summarise_quality(runs: list[dict]) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    houses = [r for r in ok if r["shape_word"] == "house" and "janus" in r]
+    by_shape = {s: _rate([r for r in ok if r["shape_word"] == s], "shape_ok")
+                for s in contract.SHAPES if any(r["shape_word"] == s for r in ok)}
+    by_colour = {c: _rate([r for r in ok if r["colour_word"] == c], "colour_ok")
+                 for c in contract.COLOUR_NAMES if any(r["colour_word"] == c for r in ok)}
+    return {
+        "runs_completed": len(ok), "runs_failed": len(runs) - len(ok),
+        "shape": _rate(ok, "shape_ok"), "colour": _rate(ok, "colour_ok"),
+        "janus": {**_rate(houses, "janus"), "door_in_front": sum(r["door_front"] for r in houses)},
+        "by_shape": by_shape, "by_colour": by_colour,
+    }
+
+
+def run_quality(prior, prompts, seeds, overrides, out_dir: Path) -> dict:
+    workdir = out_dir / "assets"
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs, total = [], len(prompts) * len(seeds)
+    for seed in seeds:
+        for prompt in prompts:
+            try:
+                row = quality_run(prior, prompt, seed, overrides, workdir)
+                log.info("quality %d/%d %-20s seed %d: %5.1f s  shape %-8s %s  colour %-6s %s%s", len(runs) + 1,
+                         total, prompt, seed, row["seconds"], row["shape"], "ok" if row["shape_ok"] else "MISS",
+                         row["colour"], "ok" if row["colour_ok"] else "MISS",
+                         f"  back-door px {row['door_pixels_back']}" if "janus" in row else "")
+            except Exception as exc:  # one broken run must not cost the other 146
+                log.exception("quality run %r seed %d failed", prompt, seed)
+                row = {"prompt": prompt, "seed": seed, "error": _error(exc)}
+            runs.append(row)
+    return {"prompts": list(prompts), "seeds": list(seeds), "runs": runs, **summarise_quality(runs)}
+
+
+# ---------------------------------------------------------------------------------- paint, sketch
+def run_paint(prior, cases: list[str], seeds: list[int], overrides: list[str], out_dir: Path) -> dict:
+    from . import paint_quality as pq
+
+    records = []
+    for seed in seeds:
+        for name in cases:
+            if name in PAINT_ONCE and seed != seeds[0]:
+                continue
+            workdir = out_dir / "paint" / f"seed{seed}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            # run_case reads preset, seed, set and workdir from paint_quality's argparse namespace.
+            args = argparse.Namespace(preset="standard", seed=seed, set=list(overrides), workdir=str(workdir))
+            try:
+                record = {"seed": seed, **pq.run_case(name, prior, args)}
+                if "colour" in record["checks"]:
+                    record["colour_ok"] = record["checks"]["colour"]
+                log.info("paint %-7s seed %d: %5.1f s  colour %-7s  %s", name, seed, record["seconds"],
+                         record.get("colour"), "pass" if record["passed"] else
+                         "FAIL " + ",".join(k for k, v in record["checks"].items() if not v))
+            except Exception as exc:
+                log.exception("paint case %s seed %d failed", name, seed)
+                record = {"case": name, "seed": seed, "error": _error(exc)}
+            records.append(record)
+    judged = [r for r in records if "error" not in r and r["case"] not in PAINT_ONCE]
+    houses = [r for r in judged if "door_pixels_back" in r]
+    return {
+        "cases": records,
+        "colour": _rate(judged, "colour_ok") if judged else None,
+        "door_back": {"with_door_back": sum(not r["checks"].get("no_door_back", True) for r in houses),
+                      "n": len(houses)},
+        "passed": {"k": sum(r["passed"] for r in records if "error" not in r), "n": len(records)},
+    }
+
+
+def run_sketch(prior, cases: list[str] | None, seeds: list[int], overrides: list[str], out_dir: Path) -> dict:
+    from . import sketch_quality as sq
+
+    workdir = out_dir / "sketch"
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in seeds:
+        config = sq.configure(list(overrides), seed)
+        for case in sq.cases():
+            if cases and case["name"] not in cases:
+                continue
+            try:
+                row = sq.run_case(case, prior, config, workdir)
+                log.info("sketch %-15s seed %d: %5.1f s  IoU %.3f (bar %.2f)  colour %s  %s", case["name"], seed,
+                         row["seconds"], row["iou"], row["min_iou"], row["colour"],
+                         "pass" if row["passed"] else "FAIL")
+            except Exception as exc:
+                log.exception("sketch case %s seed %d failed", case["name"], seed)
+                row = {"case": case["name"], "seed": seed, "error": _error(exc)}
+            rows.append(row)
+    ok = [r for r in rows if "error" not in r]
+    return {
+        "cases": rows,
+        "iou": _summary([r["iou"] for r in ok]),
+        "iou_ok": _rate(ok, "iou_ok") if ok else None,
+        "colour": _rate([r for r in ok if r.get("colour_wanted")], "colour_ok")
+        if any(r.get("colour_wanted") for r in ok) else None,
+        "passed": {"k": sum(r["passed"] for r in ok), "n": len(rows)},
+    }
+
+
+# ------------------------------------------------------------------------------------------ speed
+def overhead_ratio(prior, config, repeats: int, rounds: int, prompt: str = SCALING_PROMPT) -> dict:
+    """bench/sds_step.py's measurement (SDS step vs the U-Net's CFG forward, interleaved in one
+    process), with device syncs so it is also right on CUDA, for priors that are not on disk."""
+    from engine.tasks.generate import FieldOptimisation
+
+    sync = _sync(prior.device)
+    run = FieldOptimisation(prompt, prior, config, torch.Generator().manual_seed(0))
+    size = prior.metadata.latent_size
+    latents = torch.randn(1, prior.latent_channels, size, size, device=prior.device)
+    timestep = torch.tensor([500])
+    cond, uncond = run.prompts.conditional["front"][None], run.prompts.unconditional[None]
+    counter = iter(range(10**9))
+
+    def unet_forward():
+        prior.predict_noise(latents, timestep, cond, uncond, config.guidance.guidance_scale)
+
+    def sds_step():
+        run.step(next(counter))
+
+    for _ in range(3):  # allocator, kernels' autotuning, first-call dispatch
+        unet_forward()
+        sds_step()
+    unet, step = [], []
+    for _ in range(rounds):
+        unet.append(_median_ms(unet_forward, repeats, sync))
+        step.append(_median_ms(sds_step, repeats, sync))
+    unet_ms, step_ms = statistics.median(unet), statistics.median(step)
+    return {"prior": prior.metadata.name, "device": str(prior.device), "dtype": str(prior.dtype).replace("torch.", ""),
+            "unet_parameters": sum(p.numel() for p in prior.unet.parameters()), "latent_size": size,
+            "grid_resolution": config.grid_resolution, "samples_per_ray": config.samples_per_ray,
+            "unet_cfg_forward_ms": unet_ms, "sds_step_ms": step_ms, "ratio": step_ms / unet_ms,
+            "repeats": repeats, "rounds": rounds}
+
+
+def grid_scaling(prior, grids: list[int], repeats: int, overrides: list[str]) -> list[dict]:
+    """Median time of one SDS step at each voxel-grid resolution (the field's cost grows as R^3)."""
+    from engine.tasks.generate import FieldOptimisation
+
+    from . import text_to_3d_quality as ttq
+
+    sync = _sync(prior.device)
+    rows = []
+    for grid in grids:
+        config = ttq.configure("standard", 0, [*overrides, f"grid_resolution={grid}"])
+        config.steps = 10_000  # as bench/sds_step.py: keep every timed step early in the schedule
+        run = FieldOptimisation(SCALING_PROMPT, prior, config, torch.Generator().manual_seed(0))
+        counter = iter(range(10**9))
+        for _ in range(3):
+            run.step(next(counter))
+        step_ms = _median_ms(lambda: run.step(next(counter)), repeats, sync)
+        rows.append({"grid_resolution": grid, "step_ms": step_ms, "steps_per_s": 1000 / step_ms,
+                     "repeats": repeats})
+        log.info("grid %3d: %.1f ms per SDS step", grid, step_ms)
+    return rows
+
+
+def steps_scaling(prior, base_steps: int, factors: list[float], overrides: list[str], quality_runs: list[dict],
+                  out_dir: Path) -> list[dict]:
+    """End-to-end time of one asset against the step count; the point at the default step count is
+    the quality run of the same prompt and seed when there is one (the same work, measured once)."""
+    workdir = out_dir / "assets" / "steps_scaling"
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for factor in factors:
+        steps = max(1, round(base_steps * factor))
+        reused = next((r for r in quality_runs if "error" not in r and r["prompt"] == SCALING_PROMPT
+                       and r["seed"] == 0 and r["steps"] == steps), None)
+        run = reused or quality_run(prior, SCALING_PROMPT, 0, [*overrides, f"steps={steps}"],
+                                    _folder(workdir / f"steps{steps}"))
+        rows.append({"steps": steps, "seconds": run["seconds"], "timings": run["timings"],
+                     "sds_its_per_s": run["sds_its_per_s"], "reused_quality_run": reused is not None})
+        log.info("steps %5d: %.1f s end to end%s", steps, run["seconds"], " (the quality run)" if reused else "")
+    return rows
+
+
+def summarise_speed(quality_runs: list[dict]) -> dict:
+    ok = [r for r in quality_runs if "error" not in r]
+    phases = {}
+    for key in ("optimise_s", "colour_s", "mesh_s", "write_s"):
+        phases[key] = _summary([r["timings"][key] for r in ok if key in r["timings"]])
+    return {"per_asset_s": _summary([r["seconds"] for r in ok]), "phases": phases,
+            "sds_its_per_s": _summary([r["sds_its_per_s"] for r in ok])}
+
+
+def run_sds_step(model: str | None, threads: int, repeats: int, rounds: int, device: str = "cpu") -> dict:
+    from . import sds_step
+
+    argv = ["sds_step.py", "--threads", str(threads), "--repeats", str(repeats), "--rounds", str(rounds),
+            "--device", device]
+    if model:
+        argv += ["--model", model]
+    try:
+        _, output = _call_main(sds_step.main, argv)
+    finally:
+        torch.set_num_threads(threads)  # it sets the process's thread count itself
+    return json.loads(output)
+
+
+# ----------------------------------------------------------------------------------------- server
+def run_server(settings: dict, out_dir: Path) -> dict:
+    from . import server_bench
+
+    path = out_dir / "server_bench.json"
+    argv = ["server_bench.py", "--rounds", str(settings["rounds"]), "--steps", str(settings["steps"]),
+            "--submits", str(settings["submits"]), "--json", str(path)]
+    _call_main(server_bench.main, argv)
+    return json.loads(path.read_text())
+
+
+# -------------------------------------------------------------------------------------------- gpu
+def sd15_sized_prior(device: str):
+    """A random-weight prior whose U-Net is SD 1.5's (860 M parameters, 64x64 latents, 77 text
+    tokens of width 768); the text encoder and VAE are tiny because the SDS step never runs them."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.prior import Prior, PriorMetadata
+    from engine.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer(max_length=SD15_TOKENS)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=SD15_UNET["cross_attention_dim"], intermediate_size=256,
+        num_hidden_layers=1, num_attention_heads=12, max_position_embeddings=SD15_TOKENS,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=4)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, prediction_type="epsilon")
+    metadata = PriorMetadata(name="sd15-sized-random", image_size=512, latent_size=64)
+    return Prior(UNet2DConditionModel(**SD15_UNET), vae, text_encoder, tokenizer, scheduler, metadata, device=device)
+
+
+def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) -> dict:
+    if not torch.cuda.is_available():
+        return {"available": False,
+                "reason": f"torch.cuda.is_available() is False on this machine (torch {torch.__version__}, "
+                          f"CUDA build: {torch.version.cuda or 'none'})"}
+    from engine import load_prior
+    from engine.tasks.generate import preset_config
+
+    from . import text_to_3d_quality as ttq
+
+    section = {"available": True, "device_name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+    config = ttq.configure("standard", 0, overrides)
+    config.steps = 10_000
+    try:
+        prior = load_prior(model, device="cuda")
+    except Exception as exc:
+        log.exception("loading the prior on CUDA failed")
+        return {**section, "error": _error(exc)}
+    workdir = out_dir / "assets" / "cuda"
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for prompt in mode["gpu_prompts"]:
+        try:
+            runs.append(quality_run(prior, prompt, 0, overrides, workdir))
+            log.info("cuda %s: %.1f s", prompt, runs[-1]["seconds"])
+        except Exception as exc:
+            log.exception("CUDA generate %r failed", prompt)
+            runs.append({"prompt": prompt, "seed": 0, "error": _error(exc)})
+    section["quality_runs"] = runs
+    section["speed"] = summarise_speed(runs)
+    section["quality"] = summarise_quality(runs)
+    try:
+        section["overhead_embedded"] = overhead_ratio(prior, config, mode["sds_repeats"], mode["sds_rounds"])
+    except Exception as exc:
+        log.exception("CUDA overhead on the embedded prior failed")
+        section["overhead_embedded"] = {"error": _error(exc)}
+    prior = None  # an 860 M-parameter U-Net comes next
+    gc.collect()
+    torch.cuda.empty_cache()
+    try:
+        section["overhead_sd15_sized"] = overhead_ratio(sd15_sized_prior("cuda"), preset_config("standard", steps=10_000),
+                                                        mode["sds_repeats"], mode["sds_rounds"])
+    except Exception as exc:
+        log.exception("CUDA overhead on the SD-1.5-sized U-Net failed")
+        section["overhead_sd15_sized"] = {"error": _error(exc)}
+    gc.collect()
+    torch.cuda.empty_cache()
+    return section
+
+
+# ------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_const", dest="mode", const="quick",
+                       help="a fixed subset, under 5 minutes on a 2-core CPU (the default)")
+    which.add_argument("--full", action="store_const", dest="mode", const="full",
+                       help="all 49 prompts x 3 seeds and every issue-#6 case; about an hour")
+    parser.add_argument("--out", type=Path, help="output folder (default: out/bench/MODE)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--model", help="prior folder or HF id (default: the embedded prior)")
+    dev = parser.add_argument_group("development (the report flags any of these as non-standard)")
+    dev.add_argument("--prompts", nargs="+", help="replace the mode's prompt set")
+    dev.add_argument("--seeds", type=int, nargs="+", help="replace the mode's seeds")
+    dev.add_argument("--steps", type=int, help="optimisation steps for every job instead of the defaults")
+    dev.add_argument("--skip", nargs="+", default=[], choices=["quality", "paint", "sketch", "speed", "server", "gpu"],
+                     help="sections to leave out")
+    args = parser.parse_args(argv)
+    args.mode = args.mode or "quick"
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be at least 1")
+    if args.prompts:
+        for prompt in args.prompts:
+            words = prompt.split()
+            if len(words) != 3 or words[1] not in contract.COLOUR_NAMES or words[2] not in contract.SHAPES:
+                parser.error(f"prompt {prompt!r} is not 'a COLOUR SHAPE' of Primitive World")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401  -- checked now, not after an hour of measurements
+    except ImportError:
+        print('matplotlib is missing: pip install -e ".[bench]"', file=sys.stderr)
+        return 2
+    from . import report
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("engine", "primitive_world", "server"):  # their INFO lines would bury the progress
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    mode = dict(MODES[args.mode])
+    out_dir = args.out or Path("out") / "bench" / args.mode
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = args.prompts or mode["prompts"]
+    seeds = args.seeds or mode["seeds"]
+    overrides = [f"steps={args.steps}"] if args.steps else []
+    non_standard = {k: v for k, v in (("prompts", args.prompts), ("seeds", args.seeds), ("steps", args.steps),
+                                      ("skip", args.skip), ("model", args.model)) if v}
+
+    results: dict = {
+        "schema": 1, "mode": args.mode,
+        "command": " ".join(["python -m bench", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
+        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {**machine_info(args.threads), "load_average_start": _load_average()},
+        "settings": {"prompts": prompts, "seeds": seeds, "full_prompt_set_runs": len(FULL_PROMPTS) * 3,
+                     "subset": set(prompts) != set(FULL_PROMPTS) or len(seeds) < 3,
+                     "overrides": overrides, "non_standard": non_standard,
+                     **{k: v for k, v in mode.items() if k not in ("prompts", "seeds")}},
+        "sections": {},
+    }
+    started = time.perf_counter()
+    prior = None
+
+    results_path = out_dir / "results.json"
+
+    def section(name: str, fn):
+        if name in args.skip:
+            results["sections"][name] = {"skipped": True}
+            return None
+        log.info("--- %s", name)
+        began = time.perf_counter()
+        try:
+            value = fn()
+            results["sections"][name] = {"seconds": time.perf_counter() - began}
+        except Exception as exc:
+            log.exception("section %s failed", name)
+            results["sections"][name] = {"seconds": time.perf_counter() - began, "error": _error(exc),
+                                         "traceback": traceback.format_exc()}
+            value = None
+        # Saved after every section: an interrupted hour-long run keeps what it measured.
+        results_path.write_text(json.dumps({**results, name: value}, indent=2, default=str) + "\n")
+        return value
+
+    def loaded_prior():
+        nonlocal prior
+        if prior is None:
+            from engine import load_prior
+
+            prior = load_prior(args.model)
+        return prior
+
+    results["quality"] = section("quality", lambda: run_quality(loaded_prior(), prompts, seeds, overrides, out_dir))
+    results["paint"] = section("paint", lambda: run_paint(loaded_prior(), mode["paint_cases"], seeds if args.seeds
+                                                          else mode["paint_seeds"], overrides, out_dir))
+    results["sketch"] = section("sketch", lambda: run_sketch(loaded_prior(), mode["sketch_cases"], seeds
+                                                             if args.seeds else mode["sketch_seeds"], overrides,
+                                                             out_dir))
+
+    def speed() -> dict:
+        quality_runs = (results["quality"] or {}).get("runs", [])
+        figures = summarise_speed(quality_runs)
+        for key, fn in (
+            ("overhead", lambda: run_sds_step(args.model, args.threads, mode["sds_repeats"], mode["sds_rounds"])),
+            ("grid_scaling", lambda: grid_scaling(loaded_prior(), mode["grids"], mode["grid_repeats"], overrides)),
+            ("steps_scaling", lambda: steps_scaling(loaded_prior(), ttq_default_steps(overrides),
+                                                    mode["steps_factors"], overrides, quality_runs, out_dir)),
+        ):
+            try:
+                figures[key] = fn()
+            except Exception as exc:
+                log.exception("speed: %s failed", key)
+                figures[key] = {"error": _error(exc)}
+        return figures
+
+    results["speed"] = section("speed", speed)
+    results["server"] = section("server", lambda: run_server(mode["server"], out_dir))
+    prior = None  # the GPU section loads its own copy; free this one's memory first
+    gc.collect()
+    results["gpu"] = section("gpu", lambda: run_gpu(args.model, mode, overrides, out_dir))
+
+    results["duration_s"] = time.perf_counter() - started
+    # On a shared machine wall time overstates the work; CPU time shows what the run itself cost.
+    times = os.times()
+    results["cpu_time_s"] = times.user + times.system + times.children_user + times.children_system
+    results["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    results["machine"]["load_average_end"] = _load_average()
+    results["targets"] = report.evaluate_targets(results)
+    results["other_bars"] = report.evaluate_other_bars(results)
+    results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    files = report.write_report(results, out_dir)
+
+    print(report.console_summary(results))
+    print(f"wrote {results_path}, " + ", ".join(str(p) for p in files.values()))
+    failed = [name for name, s in results["sections"].items() if s.get("error")]
+    if failed:
+        print(f"sections that failed: {', '.join(failed)} (errors in results.json)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def ttq_default_steps(overrides: list[str]) -> int:
+    from . import text_to_3d_quality as ttq
+
+    return ttq.configure("standard", 0, overrides).steps
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The colour stage's parts: SDEdit refinement, silhouette carving, object-only back-projection, rig views."""
+
+import numpy as np
+import torch
+import trimesh
+
+from engine.cameras import CameraConvention, ViewSampler, fit_rig, orbit_camera
+from engine.carve import carve
+from engine.colour import DecodedView, backproject, foreground_mask
+from engine.export import texel_surface_points, unwrap
+from engine.prompts import ViewPrompts
+from engine.raster import render_silhouette
+from engine.refine import RefineConfig, refine_latents
+
+RED, WHITE = np.array([0.8, 0.1, 0.1]), np.ones(3)
+
+
+def sphere_views(radius: float, azimuths=range(0, 360, 45), elevation=20.0, rim_pixels: int = 0):
+    """Views of a red sphere on white, as if decoded; ``rim_pixels`` of its edge show background."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=radius)
+    views = []
+    for azimuth in azimuths:
+        camera = orbit_camera(azimuth, elevation, 2.2, 40.0)
+        mask = render_silhouette(sphere.vertices, sphere.faces, camera, 64, 64) > 0.5
+        if rim_pixels:
+            from scipy.ndimage import binary_erosion
+            mask = binary_erosion(mask, iterations=rim_pixels)
+        image = np.where(mask[..., None], RED, WHITE)
+        views.append(DecodedView(camera, image, mask.astype(float)))
+    return views
+
+
+def lattice(resolution: int, bound: float) -> np.ndarray:
+    axis = np.linspace(-bound, bound, resolution)
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    return np.stack([x, y, z], axis=-1)
+
+
+def test_foreground_mask_is_the_difference_from_the_border_colour():
+    view = sphere_views(0.3, azimuths=[0])[0]
+    mask = foreground_mask(view, 0.1)
+    assert np.array_equal(mask, view.opacity > 0.5)
+    assert foreground_mask(view, 0.1, grow=2).sum() > mask.sum() > foreground_mask(view, 0.1, grow=-2).sum()
+
+
+def test_carving_keeps_the_visual_hull_and_empties_what_views_show_as_background():
+    bound, resolution = 0.75, 32
+    density = np.ones((resolution,) * 3)
+    carved = carve(density, bound, sphere_views(0.3), threshold=0.1, min_votes=1)
+    radius = np.linalg.norm(lattice(resolution, bound), axis=-1)
+    voxel = 2 * bound / (resolution - 1)
+    assert (carved[radius < 0.3 - voxel] == 1).all()  # the object itself is never carved
+    assert (carved[radius > 0.3 + 3 * voxel] == 0).all()  # outside the hull's bulge, all empty
+    # With a vote of 2, a point only one view calls background survives.
+    assert (carve(density, bound, sphere_views(0.3), 0.1, min_votes=2) >= carved).all()
+
+
+def test_backprojection_takes_no_colour_from_pixels_that_show_background():
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    vertices, faces, uvs = unwrap(sphere.vertices.astype(np.float32), sphere.faces.astype(np.int32), 512)
+    _, _, points, normals, _ = texel_surface_points(vertices, faces, uvs, 256)
+    views = sphere_views(0.3, rim_pixels=2)  # the decoded object is thinner than the mesh
+    plain, _ = backproject(points, normals, vertices, faces, views, depth_tolerance=0.03)
+    masked, seen = backproject(points, normals, vertices, faces, views, depth_tolerance=0.03,
+                               foreground_threshold=0.1)
+    assert np.abs(plain - RED).max(axis=1).mean() > 0.05  # the rim's white leaks in without the mask
+    assert np.abs(masked - RED).max(axis=1).max() < 1e-6
+    assert 0.3 < seen.mean() < 1.0  # grazing points are unseen and took their neighbours' colour
+
+
+def test_refinement_is_identity_at_zero_strength_and_seeded_otherwise(tiny):
+    prompts = ViewPrompts(tiny, "a red cube")
+    cameras = [orbit_camera(0, 20, 2.2, 40), orbit_camera(180, 20, 2.2, 40)]
+    latents = torch.randn(2, tiny.latent_channels, tiny.metadata.latent_size, tiny.metadata.latent_size)
+    same = refine_latents(tiny, latents, cameras, prompts, RefineConfig(strength=0.0), torch.Generator())
+    assert same is latents
+    config = RefineConfig(strength=0.5, steps=3)
+    first = refine_latents(tiny, latents, cameras, prompts, config, torch.Generator().manual_seed(1))
+    again = refine_latents(tiny, latents, cameras, prompts, config, torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and torch.isfinite(first).all()
+    assert not torch.allclose(first, latents, atol=1e-3)
+
+
+def test_rig_views_are_fitted_to_the_prior_distance_and_optimised_every_few_steps():
+    shot = orbit_camera(30.0, 25.0, 11.0, 39.6)
+    [fitted] = fit_rig([shot], 2.2)
+    assert abs(fitted.distance - 2.2) < 1e-9
+    assert abs(fitted.azimuth_deg - 30.0) < 1e-6 and abs(fitted.elevation_deg - 25.0) < 1e-6
+    assert np.allclose(fitted.c2w[:3, :3], shot.c2w[:3, :3])
+    sampler = ViewSampler(CameraConvention(distance=(2.2, 2.2), elevation_deg=(0.0, 50.0)), [shot], rig_every=4)
+    generator = torch.Generator().manual_seed(0)
+    cameras = [sampler.camera(step, generator) for step in range(40)]
+    assert all(np.allclose(cameras[step].c2w, fitted.c2w) for step in range(0, 40, 4))
+    others = [camera for step, camera in enumerate(cameras) if step % 4]
+    elevations = [camera.elevation_deg for camera in others]
+    assert min(elevations) >= 0.0 - 1e-6 and max(elevations) <= 50.0 + 1e-6
+    assert abs(np.mean(elevations) - 25.0) < 8.0  # centred on the rig's elevation
