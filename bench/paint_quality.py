@@ -15,7 +15,7 @@ Cases, all with the default PaintConfig (or --preset / --set overrides while tun
   120 s end to end (``paint`` call, UVs to baked texture).
 
 Usage: python bench/paint_quality.py [--threads N] [--cases sphere cube house timing] [--seed 0]
-       [--out out/quality/paint.json] [--set FIELD=VALUE ...]
+       [--preset standard] [--workdir out/quality/paint] [--out FILE.json] [--set FIELD=VALUE ...]
 Prints a table, writes the JSON (per case: verdicts, numbers, timings, threads, load average) and
 renders of every case next to it, and exits 1 when a bar fails.
 """

@@ -157,33 +157,12 @@ def machine_info(threads: int) -> dict:
 def quality_run(prior, prompt: str, seed: int, overrides: list[str], workdir: Path) -> dict:
     """One text-to-3D asset, timed and judged exactly as bench/text_to_3d_quality.py does, plus the
     door check on houses."""
-    from engine import generate, write_outputs
     from engine.export import load_glb
 
     from . import text_to_3d_quality as ttq
 
-    _, colour_word, shape_word = prompt.split()
-    config = ttq.configure("standard", seed, overrides)
-    started = time.perf_counter()
-    result = generate(prompt, prior, config)
-    generated = time.perf_counter()
-    paths = write_outputs(result.mesh, workdir / f"{prompt.replace(' ', '_')}_seed{seed}.glb")
-    write_s = time.perf_counter() - generated
-    seconds = time.perf_counter() - started
-    glb = paths[0]
-    verdict = ttq.judge(glb)
-    others = [v for k, v in verdict["ious"].items() if k != shape_word]
-    row = {
-        "prompt": prompt, "colour_word": colour_word, "shape_word": shape_word, "seed": seed,
-        "steps": config.steps, "grid_resolution": config.grid_resolution, "device": str(prior.device),
-        "seconds": seconds, "timings": {**result.timings, "write_s": write_s},
-        "sds_its_per_s": config.steps / result.timings["optimise_s"],
-        "shape": verdict["shape"], "shape_ok": verdict["shape"] == shape_word,
-        "iou_true": verdict["ious"][shape_word], "iou_margin": verdict["ious"][shape_word] - max(others),
-        "colour": verdict["colour"], "colour_ok": verdict["colour"] == colour_word,
-        "colour_distance": verdict["colour_distance"], "colour_error_vs_decoded_views": result.colour_error,
-        "faces": int(len(result.mesh.faces)), "glb": str(glb),
-    }
+    row = ttq.run_prompt(prior, prompt, ttq.configure("standard", seed, overrides), workdir)
+    shape_word, glb = row["shape_word"], Path(row["glb"])
     if shape_word == "house":
         try:  # paint_quality is still being tuned; a broken import must not cost this run's other verdicts
             from . import paint_quality as pq

@@ -54,6 +54,29 @@ def configure(preset: str, seed: int, assignments: list[str]):
     return config
 
 
+def run_prompt(prior, prompt: str, config, workdir: Path) -> dict:
+    """Generate ``prompt`` ("a {colour} {shape}"), write its GLB into ``workdir`` and judge it."""
+    _, colour_word, shape_word = prompt.split()
+    started = time.perf_counter()
+    result = generate(prompt, prior, config)
+    generated = time.perf_counter()
+    glb = write_outputs(result.mesh, workdir / f"{prompt.replace(' ', '_')}_seed{config.seed}.glb")[0]
+    seconds = time.perf_counter() - started
+    verdict = judge(glb)
+    others = [v for k, v in verdict["ious"].items() if k != shape_word]
+    return {
+        "prompt": prompt, "colour_word": colour_word, "shape_word": shape_word, "seed": config.seed,
+        "steps": config.steps, "grid_resolution": config.grid_resolution, "device": str(prior.device),
+        "seconds": seconds, "timings": {**result.timings, "write_s": time.perf_counter() - generated},
+        "sds_its_per_s": config.steps / result.timings["optimise_s"],
+        "shape": verdict["shape"], "shape_ok": verdict["shape"] == shape_word,
+        "iou_true": verdict["ious"][shape_word], "iou_margin": verdict["ious"][shape_word] - max(others),
+        "colour": verdict["colour"], "colour_ok": verdict["colour"] == colour_word,
+        "colour_distance": verdict["colour_distance"], "colour_error_vs_decoded_views": result.colour_error,
+        "faces": int(len(result.mesh.faces)), "glb": str(glb),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
@@ -74,23 +97,9 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for prompt in args.prompts:
-        _, colour_word, shape_word = prompt.split()
-        started = time.perf_counter()
-        result = generate(prompt, prior, configure(args.preset, args.seed, args.set))
-        glb = write_outputs(result.mesh, workdir / f"{prompt.replace(' ', '_')}.glb")[0]
-        seconds = time.perf_counter() - started
-        verdict = judge(glb)
-        others = [v for k, v in verdict["ious"].items() if k != shape_word]
-        row = {
-            "prompt": prompt, "seconds": round(seconds, 1), "timings": result.timings,
-            "shape": verdict["shape"], "shape_ok": verdict["shape"] == shape_word,
-            "iou_true": round(verdict["ious"][shape_word], 3),
-            "iou_margin": round(verdict["ious"][shape_word] - max(others), 3),
-            "colour": verdict["colour"], "colour_ok": verdict["colour"] == colour_word,
-            "colour_error_vs_decoded_views": round(result.colour_error, 4),
-        }
+        row = run_prompt(prior, prompt, configure(args.preset, args.seed, args.set), workdir)
         results.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     summary = {
         "shape_correct": sum(r["shape_ok"] for r in results), "colour_correct": sum(r["colour_ok"] for r in results),
         "runs": len(results), "max_seconds": max(r["seconds"] for r in results), "results": results,

@@ -25,3 +25,8 @@ __all__ = [
 from .tasks.sketch import SketchConfig, sketch  # noqa: E402  (appended: Sketch-Shape guidance)
 
 __all__ += ["SketchConfig", "sketch"]
+
+from .meshes import MeshError, MeshInput, load_mesh, validate_mesh  # noqa: E402  (appended: Latent-Paint)
+from .tasks.paint import PaintConfig, PaintResult, paint  # noqa: E402
+
+__all__ += ["MeshError", "MeshInput", "load_mesh", "validate_mesh", "PaintConfig", "PaintResult", "paint"]

@@ -41,7 +41,7 @@ class LatentFragments:
     def opacity(self, size: int) -> np.ndarray:
         """Fraction of each pixel of a ``size`` x ``size`` image that the mesh covers."""
         alpha = F.interpolate(self.coverage, size=(size, size), mode="area")
-        return alpha[0, 0].numpy()
+        return alpha[0, 0].cpu().numpy()
 
 
 def rasterize_uv(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, camera: Camera, size: int,
@@ -99,6 +99,11 @@ class ViewPool:
         cameras = list(sampler.rig) + [sampler.convention.sample(generator) for _ in range(pool_size)]
         self.fragments = [rasterize_uv(vertices, faces, uvs, camera, size, supersample, device)
                           for camera in cameras]
+
+    @property
+    def rig(self) -> list[Camera]:
+        """The rig as the sampler uses it (fitted to the prior's camera distance)."""
+        return self.sampler.rig
 
     def index(self, step: int, generator: torch.Generator) -> int:
         if self.rig_count and step % self.sampler.rig_every == 0:

@@ -51,7 +51,11 @@ def _cone() -> trimesh.Trimesh:
 
 
 def contract_mesh(shape: str, subdivisions: int = 3) -> trimesh.Trimesh:
-    """The contract's ``shape`` as a closed, outward-wound trimesh centred as in the contract."""
+    """The contract's ``shape`` as a closed, outward-wound trimesh centred as in the contract.
+
+    ``subdivisions``: the icosphere level of the sphere; for cube, house and pyramid, how many times
+    every triangle is split into four (12, 16 and 6 faces times 4**subdivisions); the round
+    shapes (cylinder, cone, torus) have a fixed tessellation and ignore it."""
     if shape not in C.SHAPES:
         raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(C.SHAPES)}")
     if subdivisions < 0:

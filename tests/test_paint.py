@@ -3,10 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
-from engine import CancelToken, Cancelled, orbit_camera
-from engine.cameras import look_at, Camera
-from engine.export import unwrap
+from engine import CancelToken, Cancelled
+from engine.cameras import Camera, ViewSampler, look_at
+from engine.mesh_render import ViewPool
+from engine.export import texel_surface_points, unwrap
 from engine.meshes import MAX_FACES, MeshError, MeshInput
 from engine.raster import rasterize
 from engine.tasks import paint as paint_module
@@ -35,9 +39,16 @@ def user_rig() -> list[Camera]:
     return [Camera(look_at(eye, CENTRE), 35.0)]
 
 
-def test_unwrapped_paint_keeps_faces_and_returns_the_users_positions(tiny):
-    mesh = user_cube()
-    result = paint(mesh, "a red cube", tiny, small_config())
+@pytest.fixture(scope="module")
+def cube_run(tiny):
+    """One paint of the moved cube, with its progress events: (input mesh, result, events)."""
+    mesh, events = user_cube(), []
+    result = paint(mesh, "a red cube", tiny, small_config(steps=5), on_progress=events.append)
+    return mesh, result, events
+
+
+def test_unwrapped_paint_keeps_faces_and_returns_the_users_positions(cube_run):
+    mesh, result, _ = cube_run
     out = result.mesh
     assert out.faces.shape == mesh.faces.shape
     # Seams split vertices, each output vertex maps back, and every face keeps its own corners.
@@ -50,6 +61,17 @@ def test_unwrapped_paint_keeps_faces_and_returns_the_users_positions(tiny):
     assert result.preview.dtype == np.uint8 and result.preview.ndim == 3 and result.preview.shape[2] == 3
     assert np.isfinite(result.final_loss) and np.isfinite(result.colour_error)
     assert {"optimise_s", "colour_s"} <= set(result.timings)
+
+
+def test_progress_every_step_with_previews_then_the_colour_stage(cube_run):
+    _, _, events = cube_run
+    optimise = [e for e in events if e.phase == "optimise"]
+    assert [e.step for e in optimise] == [1, 2, 3, 4, 5] and all(e.total == 5 for e in optimise)
+    assert any(e.preview is not None and e.preview.ndim == 3 for e in optimise)
+    colour = [e for e in events if e.phase == "colour"]
+    assert events[:5] == optimise and events[5:] == colour
+    assert [e.step for e in colour] == sorted(e.step for e in colour)
+    assert colour[-1].step == colour[-1].total and colour[-1].preview is not None
 
 
 def test_user_uvs_are_kept_exactly(tiny):
@@ -96,15 +118,44 @@ def test_rig_cameras_are_optimised_and_decoded_in_the_frame(tiny, monkeypatch):
         samplers.append(list(rig))
         return real_sampler(convention, rig, *args, **kwargs)
 
+    decoded = []
+    real_colour_cameras = paint_module.colour_cameras
+
+    def colour_spy(prior, azimuths, rig=()):
+        decoded.append(list(rig))
+        return real_colour_cameras(prior, azimuths, rig)
+
     monkeypatch.setattr(paint_module, "ViewSampler", spy)
+    monkeypatch.setattr(paint_module, "colour_cameras", colour_spy)
     mesh, rig = user_cube(), user_rig()
     paint(mesh, "a red cube", tiny, small_config(), rig=rig)
     frame = frame_normalisation(mesh.vertices, mesh.faces, 0.45)
-    [optimised] = samplers
-    assert len(optimised) == 1
-    assert np.allclose(optimised[0].position, frame.to_frame(rig[0].position))
-    assert np.allclose(optimised[0].c2w[:3, :3], rig[0].c2w[:3, :3])
-    assert optimised[0].fov_y_deg == rig[0].fov_y_deg
+    [[given]] = samplers
+    assert np.allclose(given.position, frame.to_frame(rig[0].position))
+    assert np.allclose(given.c2w[:3, :3], rig[0].c2w[:3, :3]) and given.fov_y_deg == rig[0].fov_y_deg
+    # The colour stage decodes the rig as it was optimised: the sampler may move it along its own
+    # line of sight to the prior's distance, never turn it.
+    [[camera]] = decoded
+    direction = frame.to_frame(rig[0].position)
+    assert np.allclose(np.cross(camera.position, direction), 0.0, atol=1e-9)
+    assert np.allclose(camera.c2w[:3, :3], rig[0].c2w[:3, :3]) and camera.fov_y_deg == rig[0].fov_y_deg
+
+
+def test_view_pool_shows_the_rig_every_fourth_step(tiny):
+    mesh = user_cube()
+    config = small_config()
+    frame = frame_normalisation(mesh.vertices, mesh.faces, config.frame_half_extent)
+    layout = uv_layout(mesh, frame.to_frame(mesh.vertices), config)
+    rig = [frame.camera_to_frame(camera) for camera in user_rig()]
+    pool = ViewPool(ViewSampler(tiny.metadata.camera, rig), layout.vertices, layout.faces, layout.uvs,
+                    tiny.metadata.latent_size, 2, 5, seeded_generator(0))
+    assert len(pool) == 6 and pool[0].camera is pool.rig[0]
+    generator = seeded_generator(1)
+    picks = [pool.index(step, generator) for step in range(40)]
+    assert all(pick == 0 for pick in picks[::4])
+    assert all(pick >= 1 for step, pick in enumerate(picks) if step % 4) and len(set(picks)) > 3
+    # The rig camera frames the moved cube: its cached rasterisation sees the mesh.
+    assert pool[0].coverage.mean() > 0.05
 
 
 def test_gradient_reaches_the_latent_texture_and_never_the_prior(tiny):
@@ -125,15 +176,7 @@ def test_gradient_reaches_the_latent_texture_and_never_the_prior(tiny):
     assert 0 < touched.float().mean() < 1
 
 
-def test_progress_every_step_previews_and_cancel_within_a_step(tiny):
-    events = []
-    paint(user_cube(), "a red cube", tiny, small_config(steps=5), on_progress=events.append)
-    optimise = [e for e in events if e.phase == "optimise"]
-    assert [e.step for e in optimise] == [1, 2, 3, 4, 5] and all(e.total == 5 for e in optimise)
-    assert any(e.preview is not None and e.preview.ndim == 3 for e in optimise)
-    colour = [e for e in events if e.phase == "colour"]
-    assert colour and colour[-1].step == colour[-1].total and colour[-1].preview is not None
-
+def test_cancel_stops_within_a_step(tiny):
     token, seen = CancelToken(), []
 
     def cancel_at_three(event):
@@ -215,3 +258,35 @@ def test_contract_meshes_have_the_contracts_dimensions():
     assert front[:, 2].min() == pytest.approx(-0.45) and front[:, 2].max() == pytest.approx(0.10)
     with pytest.raises(ValueError, match="unknown shape"):
         contract_mesh("teapot")
+
+
+def test_no_seams_where_the_atlas_cuts_a_smooth_surface(tiny):
+    """Texels on either side of a UV seam show the same colour as neighbours inside one chart."""
+    sphere = contract_mesh("sphere", subdivisions=2)
+    result = paint(MeshInput(np.asarray(sphere.vertices) * 2.0 + CENTRE, np.asarray(sphere.faces)), "a red sphere",
+                   tiny, small_config())
+    out = result.mesh
+    # Charts: faces joined through shared (seam-split) vertices.
+    faces = len(out.faces)
+    links = coo_matrix((np.ones(3 * faces), (np.repeat(np.arange(faces), 3), out.faces.reshape(-1) + faces)),
+                       shape=(faces + len(out.vertices),) * 2)
+    chart = connected_components(links, directed=False)[1][:faces]
+    assert chart.max() >= 1  # the sphere is cut somewhere
+    rows, cols, points, _, face_ids = texel_surface_points(out.vertices, out.faces, out.uvs, out.texture.shape[0])
+    colours = out.texture[rows, cols] / 255.0
+    texel = np.sqrt(sphere.area * 4.0 / len(points))  # world size of one texel (the mesh is scaled by 2)
+    pairs = cKDTree(points).query_pairs(2.0 * texel, output_type="ndarray")
+    across = chart[face_ids[pairs[:, 0]]] != chart[face_ids[pairs[:, 1]]]
+    difference = np.abs(colours[pairs[:, 0]] - colours[pairs[:, 1]]).mean(axis=1)
+    assert across.sum() > 100
+    assert difference[across].mean() < 1.5 * difference[~across].mean() + 1e-3
+
+
+def test_v_prediction_prior_and_sjc_paint_too(tiny_v):
+    from engine import GuidanceConfig
+
+    config = small_config(guidance=GuidanceConfig(method="sjc", guidance_scale=5.0, paas_samples=2),
+                          view_dependent_prompts=False)
+    result = paint(user_cube(0), "a green cube", tiny_v, config)
+    assert result.mesh.texture.shape == (512, 512, 3) and np.isfinite(result.final_loss)
+    assert result.mesh.texture.std() > 0  # painted, not left blank

@@ -269,6 +269,13 @@ def test_bad_prompts_and_settings_are_refused(tiny):
 
 
 def test_presets_keep_the_sketch_defaults():
-    draft = preset_config("draft")
-    assert isinstance(draft, SketchConfig) and draft.steps == 150
-    assert draft.sketch_weight == SketchConfig().sketch_weight and draft.carve_votes == 0
+    from engine.tasks.generate import PRESETS
+
+    draft, default = preset_config("draft"), SketchConfig()
+    assert isinstance(draft, SketchConfig) and draft.steps == PRESETS["draft"]["steps"]
+    # The fields Sketch-Shape sets itself survive every preset, whatever text-to-3D's presets hold.
+    for preset in PRESETS:
+        config = preset_config(preset)
+        for name in SketchConfig.__annotations__:
+            assert getattr(config, name) == getattr(default, name), (preset, name)
+    assert preset_config("draft", carve_votes=3).carve_votes == 3

@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter
 
 from ..cameras import Camera, ViewSampler
 from ..carve import carve, fit_silhouettes, matching_level
-from ..colour import backproject, decode_views, foreground_mask, view_fidelity
+from ..colour import DecodedView, backproject, decode_views, foreground_mask, view_fidelity
 from ..export import TexturedMesh, bake_texture, extract_mesh, unwrap
 from ..field import EnvironmentBackground, VoxelField
 from ..guidance import GuidanceConfig, GuidanceStep, ScoreDistillation, surrogate_loss
@@ -83,7 +83,7 @@ class GenerateConfig:
 
 # Named trade-offs between time and quality; "standard" is GenerateConfig's defaults.
 PRESETS = {
-    "draft": dict(steps=150, mesh_resolution=48, texture_size=512, colour_view_azimuths=4),
+    "draft": dict(steps=150, mesh_resolution=48, texture_size=512, colour_view_azimuths=4, silhouette_fit_steps=64),
     "standard": {},
     "high": dict(steps=1500, grid_resolution=64, mesh_resolution=128, texture_size=2048),
 }
@@ -104,12 +104,12 @@ class GenerateResult:
     final_loss: float
 
 
-def _preview_image(prior: Prior, features: torch.Tensor) -> np.ndarray:
+def latent_preview(prior: Prior, features: torch.Tensor) -> np.ndarray:
     image = prior.decode(features.detach()[None])[0]
     return (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def _background(prior: Prior) -> EnvironmentBackground:
+def plain_background(prior: Prior) -> EnvironmentBackground:
     init = None
     if prior.metadata.background_rgb is not None:
         size = prior.metadata.image_size
@@ -147,7 +147,7 @@ class FieldOptimisation:
         if density_init is not None:  # density logits (R, R, R) [z, y, x] to start from instead of the blob
             with torch.no_grad():
                 self.field.density.copy_(density_init.view_as(self.field.density))
-        self.background = _background(prior)
+        self.background = plain_background(prior)
         self.prompts = ViewPrompts(prior, prompt, config.negative_prompt, config.view_dependent_prompts)
         self.guidance = ScoreDistillation(prior, config.guidance)
         self.optimiser = torch.optim.Adam(
@@ -195,7 +195,7 @@ def optimise_field(prompt: str, prior: Prior, config: GenerateConfig, generator:
         out, score = run.step(step)
         if on_progress is not None:
             last = step == config.steps - 1
-            preview = _preview_image(prior, out.features) if last or step % preview_every == 0 else None
+            preview = latent_preview(prior, out.features) if last or step % preview_every == 0 else None
             on_progress(Progress("optimise", step + 1, config.steps, score.loss, preview))
     return run
 
@@ -210,10 +210,34 @@ def check_prompt(prompt: str) -> None:
         raise ValueError("the prompt is empty")
 
 
-def textured_mesh(run: FieldOptimisation, config: GenerateConfig, rig: Sequence[Camera] = (),
-                  on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                  timings: dict | None = None) -> GenerateResult:
-    """The optimised field -> marching cubes -> xatlas UVs -> texture baked from decoded views."""
+def field_surface(field: VoxelField, views: list[DecodedView], config: GenerateConfig,
+                  fit_resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """The field's surface as a mesh, shaped by the decoded views' object masks when they show one:
+    outline fit, carving, smoothing and the iso-level whose silhouettes match (engine.carve)."""
+    # Views that show no object at all (an untrained prior) would carve everything away.
+    views_show_object = np.mean([foreground_mask(view, config.foreground_threshold).mean() for view in views]) > 0.01
+    if config.silhouette_fit_steps > 0 and views_show_object:
+        fit_silhouettes(field, views, config.foreground_threshold, config.silhouette_fit_steps,
+                        fit_resolution, config.samples_per_ray)
+    density = field.density_grid(config.mesh_resolution).cpu().numpy()
+    level = config.iso_level * np.log(2.0) / field.voxel_size
+    if config.carve_votes > 0 and views_show_object:
+        density = carve(density, field.bound, views, config.foreground_threshold, config.carve_votes)
+    if config.surface_smoothing > 0:
+        sigma = config.surface_smoothing * (config.mesh_resolution - 1) / (config.grid_resolution - 1)
+        density = gaussian_filter(density, sigma, mode="nearest")
+    if config.iso_level_choices and views_show_object:
+        level = matching_level(density, field.bound, views, config.foreground_threshold,
+                               [level * factor for factor in config.iso_level_choices])
+        log.info("iso-level %.3g x the half-opaque density matches the decoded silhouettes best",
+                 level * field.voxel_size / np.log(2.0))
+    return extract_mesh(density, field.bound, level)
+
+
+def textured_mesh(run: FieldOptimisation, config: GenerateConfig, on_progress: ProgressCallback | None = None,
+                  cancel: CancelToken | None = None, timings: dict | None = None) -> GenerateResult:
+    """The optimised field -> marching cubes -> xatlas UVs -> texture baked from decoded views (the
+    run's rig among them)."""
     prior, field_, background, final_loss = run.prior, run.field, run.background, run.final_loss
     timings = {} if timings is None else timings
 
@@ -232,24 +256,7 @@ def textured_mesh(run: FieldOptimisation, config: GenerateConfig, rig: Sequence[
     timings["colour_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    # Views that show no object at all (an untrained prior) would carve everything away.
-    views_show_object = np.mean([foreground_mask(view, config.foreground_threshold).mean() for view in views]) > 0.01
-    if config.silhouette_fit_steps > 0 and views_show_object:
-        fit_silhouettes(field_, views, config.foreground_threshold, config.silhouette_fit_steps,
-                        2 * prior.metadata.latent_size, config.samples_per_ray)
-    density = field_.density_grid(config.mesh_resolution).cpu().numpy()
-    level = config.iso_level * np.log(2.0) / field_.voxel_size
-    if config.carve_votes > 0 and views_show_object:
-        density = carve(density, field_.bound, views, config.foreground_threshold, config.carve_votes)
-    if config.surface_smoothing > 0:
-        sigma = config.surface_smoothing * (config.mesh_resolution - 1) / (config.grid_resolution - 1)
-        density = gaussian_filter(density, sigma, mode="nearest")
-    if config.iso_level_choices and views_show_object:
-        level = matching_level(density, field_.bound, views, config.foreground_threshold,
-                               [level * factor for factor in config.iso_level_choices])
-        log.info("iso-level %.3g x the half-opaque density matches the decoded silhouettes best",
-                 level * field_.voxel_size / np.log(2.0))
-    vertices, faces = extract_mesh(density, field_.bound, level)
+    vertices, faces = field_surface(field_, views, config, 2 * prior.metadata.latent_size)
     check_cancel()
     vertices, faces, uvs = unwrap(vertices, faces, config.texture_size)
     timings["mesh_s"] = time.perf_counter() - started
@@ -288,7 +295,7 @@ def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
     started = time.perf_counter()
     run = optimise_field(prompt, prior, config, generator, on_progress, cancel, rig)
     timings = {"optimise_s": time.perf_counter() - started}
-    result = textured_mesh(run, config, rig, on_progress, cancel, timings)
+    result = textured_mesh(run, config, on_progress, cancel, timings)
     mesh = result.mesh
     log.info("generated %r: %d vertices, %d faces, colour error %.3f, %s", prompt, len(mesh.vertices),
              len(mesh.faces), result.colour_error, {k: round(v, 2) for k, v in timings.items()})

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,15 +26,14 @@ from scipy import ndimage
 from ..cameras import Camera, ViewSampler
 from ..colour import DecodedView, backproject, view_fidelity
 from ..export import TexturedMesh, bake_texture, unwrap
-from ..field import EnvironmentBackground
 from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
-from ..mesh_render import LatentFragments, ViewPool, fragments_for, render_latent
+from ..mesh_render import ViewPool, fragments_for, render_latent
 from ..meshes import MeshError, MeshInput, Normalisation, validate_mesh
 from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
 from ..raster import render_textured
-from .generate import _background, _preview_image, check_prompt, colour_cameras, seeded_generator
+from .generate import latent_preview, plain_background, check_prompt, colour_cameras, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +48,17 @@ UV_TOLERANCE = 1e-4
 # Guidance for painting, measured on the embedded prior (bench/paint_quality.py).  DreamFusion's
 # scale 100 wrecks a latent texture there: x0 predictions from house renders leave the image
 # manifold from scale ~15 up, and SDS started from a texture fitted to the true house drifts to
-# white blobs and dark rims at 20 and at 100, while it stays a house at 3-7.5.  A large prior may
-# want more (pass a GuidanceConfig).  Annealing the top of the t-range to 0.4 spends the second
-# half of the run on mid-noise steps, which is where the front view's door forms.
-PAINT_GUIDANCE = dict(guidance_scale=7.5, t_max_final=0.4)
+# white blobs and dark rims at 20 and at 100, while it stays a house at 3-7.5.  Within that range
+# the house's door is the trade-off: at 7.5 the front gets a strong door but 2 seeds of 5 also
+# grow one on the back (Janus), at 5 with 900 steps all 5 seeds had a door in front only.  A large
+# prior may want more (pass a GuidanceConfig).  Annealing the top of the t-range to 0.4 spends the
+# later steps on mid-noise levels, which is where the door forms.
+PAINT_GUIDANCE = dict(guidance_scale=5.0, t_max_final=0.4)
 
 
 @dataclass
 class PaintConfig:
-    steps: int = 600
+    steps: int = 900
     seed: int = 0
     negative_prompt: str = ""
     view_dependent_prompts: bool = True
@@ -116,9 +117,9 @@ class PaintConfig:
 
 # Named trade-offs between time and quality; "standard" is PaintConfig's defaults.
 PRESETS = {
-    "draft": dict(steps=150, texture_size=512, colour_view_azimuths=4, view_pool=48),
+    "draft": dict(steps=300, texture_size=512, colour_view_azimuths=4, view_pool=48),
     "standard": {},
-    "high": dict(steps=1000, latent_texture_size=128, texture_size=2048, colour_view_azimuths=12),
+    "high": dict(steps=1500, texture_size=2048, colour_view_azimuths=12),
 }
 
 
@@ -131,7 +132,8 @@ def preset_config(preset: str = "standard", **overrides) -> PaintConfig:
 @dataclass
 class PaintResult:
     mesh: TexturedMesh  # the input's geometry (user coordinates), UVs and the painted texture
-    preview: np.ndarray  # shaded render of the painted mesh from the first colour view, (H, W, 3) uint8
+    preview: np.ndarray  # unlit render of the painted mesh from the first colour view (the rig's
+    # first camera when there is a rig), (H, W, 3) uint8
     timings: dict[str, float]
     colour_error: float  # mean abs RGB error of mesh renders against the decoded views
     final_loss: float
@@ -229,7 +231,7 @@ class LatentPaint:
         size = config.latent_texture_size
         start = _encoded_colour(prior, config.texture_init_rgb).view(1, -1, 1, 1)
         self.texture = torch.nn.Parameter(start.expand(1, prior.latent_channels, size, size).clone())
-        self.background = _background(prior)
+        self.background = plain_background(prior)
         self.views = ViewPool(ViewSampler(meta.camera, rig), layout.vertices, layout.faces, layout.uvs,
                               meta.latent_size, config.supersample, config.view_pool, generator, prior.device)
         self._fit_plain_renders()
@@ -287,17 +289,18 @@ class LatentPaint:
         return latents[0].detach(), score.loss
 
     @torch.no_grad()
-    def decode_views(self, cameras: Sequence[Camera], on_batch=lambda: None,
+    def decode_views(self, cameras: Sequence[Camera], on_batch: Callable[[int], None] = lambda count: None,
                      batch_size: int = 8) -> list[DecodedView]:
-        """VAE decodings of latent renders of the painted mesh, with each view's coverage."""
+        """VAE decodings of latent renders of the painted mesh, with each view's coverage.
+        ``on_batch(views in the batch)`` runs before each batch; it may raise to stop."""
         size, image_size = self.prior.metadata.latent_size, self.prior.metadata.image_size
         layout, config = self.layout, self.config
         views = []
         for start in range(0, len(cameras), batch_size):
-            on_batch()
-            chunk: list[LatentFragments] = fragments_for(
-                layout.vertices, layout.faces, layout.uvs, cameras[start:start + batch_size], size,
-                config.supersample, self.prior.device)
+            batch = cameras[start:start + batch_size]
+            on_batch(len(batch))
+            chunk = fragments_for(layout.vertices, layout.faces, layout.uvs, batch, size, config.supersample,
+                                  self.prior.device)
             latents = torch.stack([render_latent(self.texture, f, self.background) for f in chunk])
             images = self.prior.decode(latents)
             for fragments, image in zip(chunk, images):
@@ -332,7 +335,9 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
     """Texture ``mesh`` (user coordinates, Blender axes) from ``prompt``; the geometry is kept.
 
     ``rig``: cameras in the same user coordinates that are always among the optimised and the
-    decoded views, so the prop looks right from the shot.  Deterministic for a given seed on the CPU.
+    decoded views, so the prop looks right from the shot.  They move into the prior's frame with
+    the mesh, and the view sampler then slides them along their line of sight to the prior's
+    camera distance (``cameras.fit_rig``).  Deterministic for a given seed on the CPU.
     """
     config = config or PaintConfig()
     check_prompt(prompt)
@@ -361,12 +366,13 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
         latents, loss = run.step(step)
         if on_progress is not None:
             last = step == config.steps - 1
-            preview = _preview_image(prior, latents) if last or step % preview_every == 0 else None
+            preview = latent_preview(prior, latents) if last or step % preview_every == 0 else None
             on_progress(Progress("optimise", step + 1, config.steps, loss, preview))
     timings["optimise_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    cameras = colour_cameras(prior, config.colour_view_azimuths, rig_frame)
+    # The rig as optimised: moved into the frame, then to the prior's camera distance.
+    cameras = colour_cameras(prior, config.colour_view_azimuths, run.views.rig)
     total = 2 * len(cameras)  # decoding, then back-projection, one count per view
     done = 0
 
@@ -377,7 +383,7 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
             on_progress(Progress("colour", done, total, run.final_loss))
         done += count
 
-    views = run.decode_views(cameras, on_batch=lambda: colour_step(min(8, len(cameras) - done)))
+    views = run.decode_views(cameras, on_batch=colour_step)
     tolerance = _depth_tolerance(cameras, prior.metadata.image_size)
     sign, closed = _normal_orientation(layout.vertices, layout.faces)
 
@@ -408,8 +414,9 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
         uvs=layout.uvs.astype(np.float32),
         texture=texture,
     )
+    # Unlit: the texture already carries the prior's lighting.
     rgb, _ = render_textured(layout.vertices, layout.faces, layout.uvs, texture, cameras[0], 128, 128,
-                             shading=True, ssaa=2)
+                             shading=False, ssaa=2)
     preview = np.round(rgb * 255).astype(np.uint8)
     timings["colour_s"] = time.perf_counter() - started
     if on_progress is not None:

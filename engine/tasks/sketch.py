@@ -32,9 +32,10 @@ SKETCH_INITS = ("sketch", "blob")
 @dataclass
 class SketchConfig(GenerateConfig):
     # Per latent pixel, like the regularisers (the grid-mean cross-entropy is O(1) per voxel). On the
-    # embedded prior, a sphere sketched as "a blue cube" keeps volume IoU 0.77 / 0.83 / 0.86 with
-    # the sketch at 10 / 30 / 100 (seed 0); 30 leaves the prompt visibly reshaping it while holding
-    # IoU >= 0.83 over seeds 0-2 (bench/sketch_quality.py).
+    # embedded prior, a sphere sketched as "a blue cube" keeps volume IoU 0.77 / 0.83 / 0.80 with
+    # the sketch at 10 / 30 / 100 (seed 0; at 3 it swells into the prompt's cube, 0.68); 30 leaves
+    # the prompt visibly squaring it while holding IoU 0.79-0.84 over seeds 0-5, and a cube sketched
+    # as "a red house" at 0.91-0.92 (bench/sketch_quality.py).
     sketch_weight: float = 30.0
     # Width, in frame units, of the band around the sketch's surface the loss leaves (mostly) free:
     # about one field voxel at the default grid (0.048), so the weight is 0.37 one voxel off the
@@ -48,13 +49,15 @@ class SketchConfig(GenerateConfig):
     sketch_init: str = "sketch"
     # Export settings of text-to-3D that second-guess the field's surface, turned off: here the
     # cross-entropy calibrates the field so that its voxel opacity crosses 1/2 on the sketch, which
-    # is the iso-level as it is. Blurring the density moves that surface out by about a voxel (the
-    # inside is saturated: Adam drives the inside logits up at its full step whatever the size of the
-    # saturating gradient), picking the level from the decoded silhouettes inflates or shrinks it,
-    # and carving by decoded silhouettes cuts the sketch to whatever the prior painted on it (a cube
-    # sketched as "a red house" fell from IoU 0.92 to 0.79 with carving on).
+    # is the iso-level as it is, and the sketch, not the prior's decoded outlines, has the last word
+    # on the coarse shape. Blurring the density moves that surface out by about a voxel (the inside
+    # is saturated: Adam drives the inside logits up at its full step whatever the size of the
+    # saturating gradient); picking the level from, fitting the density to, or carving by the decoded
+    # silhouettes reshapes the sketch into whatever the prior painted on it (a cube sketched as "a
+    # red house" fell from IoU 0.92 to 0.79 with carving on).
     surface_smoothing: float = 0.0
     carve_votes: int = 0
+    silhouette_fit_steps: int = 0
     iso_level_choices: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -72,7 +75,11 @@ class SketchConfig(GenerateConfig):
 def preset_config(preset: str = "standard", **overrides) -> SketchConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    return SketchConfig(**{**PRESETS[preset], **overrides})
+    # A preset trades time for quality; the fields SketchConfig sets itself (the sketch's own and the
+    # export settings it turns off) are not text-to-3D's to change, so a preset's values for them are
+    # dropped. Explicit overrides still win.
+    own = set(SketchConfig.__annotations__)
+    return SketchConfig(**{**{k: v for k, v in PRESETS[preset].items() if k not in own}, **overrides})
 
 
 def sketch(mesh: MeshInput, prompt: str, prior: Prior, config: SketchConfig | None = None,
@@ -113,7 +120,7 @@ def sketch(mesh: MeshInput, prompt: str, prior: Prior, config: SketchConfig | No
     started = time.perf_counter()
     run = optimise_field(prompt, prior, config, generator, on_progress, cancel, frame_rig, loss, density_init)
     timings["optimise_s"] = time.perf_counter() - started
-    result = textured_mesh(run, config, frame_rig, on_progress, cancel, timings)
+    result = textured_mesh(run, config, on_progress, cancel, timings)
     out = result.mesh
     result = replace(result, mesh=replace(out, vertices=frame.to_user(out.vertices).astype(np.float32)))
     log.info("sketched %r: %d vertices, %d faces, colour error %.3f, %s", prompt, len(out.vertices),
