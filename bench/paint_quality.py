@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from engine import load_prior, orbit_camera, write_outputs
 from engine.meshes import MeshInput
+from engine.overrides import apply_overrides
 from engine.raster import render_textured
 from engine.tasks.paint import paint, preset_config
 from primitive_world import contract
@@ -92,23 +93,7 @@ def judge_door(mesh) -> tuple[dict, list[np.ndarray]]:
 
 
 def configure(preset: str, seed: int, assignments: list[str]):
-    config = preset_config(preset, seed=seed)
-    for assignment in assignments:
-        key, value = assignment.split("=", 1)
-        target = config
-        if key.startswith("guidance."):
-            target, key = config.guidance, key.split(".", 1)[1]
-        current = getattr(target, key)
-        if isinstance(current, bool):
-            parsed = value == "true"
-        elif isinstance(current, tuple):
-            parsed = tuple(float(v) for v in value.split(","))
-        else:
-            parsed = type(current)(value)
-        setattr(target, key, parsed)
-    config.__post_init__()
-    config.guidance.__post_init__()
-    return config
+    return apply_overrides(preset_config(preset, seed=seed), assignments)
 
 
 def run_case(name: str, prior, args) -> dict:

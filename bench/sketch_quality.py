@@ -34,6 +34,7 @@ import trimesh
 from engine import load_prior, write_outputs
 from engine.export import load_glb, texel_surface_points
 from engine.meshes import MeshInput
+from engine.overrides import apply_overrides
 from engine.occupancy import winding_numbers
 from engine.tasks.sketch import preset_config, sketch
 from primitive_world.classify import classify_colour
@@ -67,16 +68,7 @@ def volume_iou(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray
 
 
 def configure(assignments: list[str], seed: int):
-    config = preset_config("standard", seed=seed)
-    for assignment in assignments:
-        key, value = assignment.split("=", 1)
-        target = config
-        if key.startswith("guidance."):
-            target, key = config.guidance, key.split(".", 1)[1]
-        current = getattr(target, key)
-        setattr(target, key, type(current)(value) if not isinstance(current, bool) else value == "true")
-    config.__post_init__()  # re-validate after the overrides
-    return config
+    return apply_overrides(preset_config("standard", seed=seed), assignments)
 
 
 def run_case(case: dict, prior, config, workdir: Path) -> dict:

@@ -22,6 +22,7 @@ import torch
 from engine import generate, load_prior, orbit_camera, write_outputs
 from engine.export import load_glb, texel_surface_points
 from engine.raster import render_silhouette
+from engine.overrides import apply_overrides
 from engine.tasks.generate import preset_config
 from primitive_world import contract
 from primitive_world.classify import classify_colour, classify_shape
@@ -42,16 +43,7 @@ def judge(glb_path: Path, size: int = 64) -> dict:
 
 
 def configure(preset: str, seed: int, assignments: list[str]):
-    config = preset_config(preset, seed=seed)
-    for assignment in assignments:
-        key, value = assignment.split("=", 1)
-        target = config
-        while "." in key:  # nested configs: guidance.guidance_scale, colour_refine.strength
-            part, key = key.split(".", 1)
-            target = getattr(target, part)
-        current = getattr(target, key)
-        setattr(target, key, type(current)(value) if not isinstance(current, bool) else value == "true")
-    return config
+    return apply_overrides(preset_config(preset, seed=seed), assignments)
 
 
 def run_prompt(prior, prompt: str, config, workdir: Path) -> dict:

@@ -89,10 +89,15 @@ PRESETS = {
 }
 
 
+def config_from_preset(config_class, presets: dict, preset: str, overrides: dict):
+    """``config_class`` built from a named preset, with ``overrides`` on top."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(presets)}")
+    return config_class(**{**presets[preset], **overrides})
+
+
 def preset_config(preset: str = "standard", **overrides) -> GenerateConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    return GenerateConfig(**{**PRESETS[preset], **overrides})
+    return config_from_preset(GenerateConfig, PRESETS, preset, overrides)
 
 
 @dataclass

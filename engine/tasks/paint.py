@@ -33,7 +33,7 @@ from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
 from ..raster import render_textured
-from .generate import latent_preview, plain_background, check_prompt, colour_cameras, seeded_generator
+from .generate import check_prompt, config_from_preset, latent_preview, plain_background, colour_cameras, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,7 @@ PRESETS = {
 
 
 def preset_config(preset: str = "standard", **overrides) -> PaintConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    return PaintConfig(**{**PRESETS[preset], **overrides})
+    return config_from_preset(PaintConfig, PRESETS, preset, overrides)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..meshes import MeshError, MeshInput, Normalisation, validate_mesh
 from ..occupancy import SketchLoss, SketchOccupancy
 from ..prior import Prior
 from ..progress import CancelToken, ProgressCallback
-from .generate import PRESETS, GenerateConfig, GenerateResult, check_prompt, optimise_field, seeded_generator, \
+from .generate import PRESETS, GenerateConfig, config_from_preset, GenerateResult, check_prompt, optimise_field, seeded_generator, \
     textured_mesh
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,12 @@ class SketchConfig(GenerateConfig):
 
 
 def preset_config(preset: str = "standard", **overrides) -> SketchConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     # A preset trades time for quality; the fields SketchConfig sets itself (the sketch's own and the
     # export settings it turns off) are not text-to-3D's to change, so a preset's values for them are
     # dropped. Explicit overrides still win.
     own = set(SketchConfig.__annotations__)
-    return SketchConfig(**{**{k: v for k, v in PRESETS[preset].items() if k not in own}, **overrides})
+    presets = {name: {k: v for k, v in values.items() if k not in own} for name, values in PRESETS.items()}
+    return config_from_preset(SketchConfig, presets, preset, overrides)
 
 
 def sketch(mesh: MeshInput, prompt: str, prior: Prior, config: SketchConfig | None = None,
