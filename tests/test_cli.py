@@ -155,14 +155,18 @@ def run_engine(*args):
     return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_paint_textures_a_mesh_file_and_keeps_its_faces(tmp_path, tiny_folder):
+def run_on_offset_box(command: str, mesh_path, out, tiny_folder):
+    """``command`` run on a 0.6 m box away from the origin, written to ``mesh_path``; returns (box, run)."""
     box = trimesh.creation.box((0.6, 0.6, 0.6))
     box.apply_translation((2.0, 0.0, 1.0))
-    mesh_path = tmp_path / "box.ply"
     box.export(mesh_path)
+    return box, run_engine(command, str(mesh_path), "a red cube", "-o", str(out), "--model", str(tiny_folder),
+                           "--preset", "draft", "--steps", "2", "--seed", "1")
+
+
+def test_paint_textures_a_mesh_file_and_keeps_its_faces(tmp_path, tiny_folder):
     out = tmp_path / "painted.glb"
-    result = run_engine("paint", str(mesh_path), "a red cube", "-o", str(out), "--model", str(tiny_folder),
-                        "--preset", "draft", "--steps", "2", "--seed", "1")
+    box, result = run_on_offset_box("paint", tmp_path / "box.ply", out, tiny_folder)
     assert result.returncode == 0, result.stderr
     assert "optimising" in result.stderr and str(out) in result.stdout  # the progress bar, the files
     for path in (out, out.with_suffix(".obj"), tmp_path / "painted_preview.png"):
@@ -175,13 +179,8 @@ def test_paint_textures_a_mesh_file_and_keeps_its_faces(tmp_path, tiny_folder):
 
 
 def test_sketch_refines_a_mesh_file_where_it_is(tmp_path, tiny_folder):
-    box = trimesh.creation.box((0.6, 0.6, 0.6))
-    box.apply_translation((2.0, 0.0, 1.0))
-    mesh_path = tmp_path / "sketch.obj"
-    box.export(mesh_path)
     out = tmp_path / "sketched.glb"
-    result = run_engine("sketch", str(mesh_path), "a red cube", "-o", str(out), "--model", str(tiny_folder),
-                        "--preset", "draft", "--steps", "2", "--seed", "1")
+    box, result = run_on_offset_box("sketch", tmp_path / "sketch.obj", out, tiny_folder)
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
     from engine.export import load_glb
