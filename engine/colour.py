@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from .cameras import Camera, project
 from .field import EnvironmentBackground, VoxelField
 from .prior import Prior
-from .raster import rasterize, render_textured
+from .raster import Lighting, rasterize, render_textured
 from .renderer import render
 
 
@@ -131,14 +131,17 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
 
 
 def view_fidelity(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
-                  views: list[DecodedView], foreground_threshold: float | None = None) -> float:
-    """Mean absolute RGB error between unshaded renders of the textured mesh and the decoded views,
-    over pixels inside both silhouettes: the check that the texture says what the prior saw. With a
-    ``foreground_threshold``, only over the pixels back-projection could take colour from."""
+                  views: list[DecodedView], foreground_threshold: float | None = None,
+                  lighting: Lighting | None = None) -> float:
+    """Mean absolute RGB error between renders of the textured mesh and the decoded views, over
+    pixels inside both silhouettes: the check that the texture says what the prior saw. With a
+    ``foreground_threshold``, only over the pixels back-projection could take colour from; with a
+    ``lighting`` (an albedo texture), the renders are lit by it, as the views were."""
     errors = []
     for view in views:
         height, width = view.image.shape[:2]
-        rgb, alpha = render_textured(vertices, faces, uvs, texture, view.camera, width, height, shading=False)
+        rgb, alpha = render_textured(vertices, faces, uvs, texture, view.camera, width, height,
+                                     shading=lighting if lighting is not None else False)
         both = (alpha > 0.99) & (view.opacity > 0.9)
         if foreground_threshold is not None:
             both &= foreground_mask(view, foreground_threshold, grow=-1)

@@ -40,6 +40,9 @@ class GuidanceConfig:
     t_max: float = 0.98
     t_max_final: float = 0.98  # t_max anneals linearly to this over the run
     paas_samples: int = 1
+    # Perp-Neg weight of the opposite view's prompt (engine.prompts.OPPOSITE_VIEWS) on front and back
+    # views; 0 is plain view-dependent prompting. It costs a third U-Net batch entry on those steps.
+    perp_neg_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -52,6 +55,8 @@ class GuidanceConfig:
             raise ValueError("need 0 <= t_min < t_max, t_max_final <= 1")
         if self.paas_samples < 1:
             raise ValueError("paas_samples must be at least 1")
+        if not (math.isfinite(self.perp_neg_weight) and self.perp_neg_weight >= 0):
+            raise ValueError(f"perp_neg_weight must be a non-negative number, got {self.perp_neg_weight}")
 
 
 @dataclass
@@ -79,34 +84,39 @@ class ScoreDistillation:
         return torch.randint(low, high + 1, (1,), generator=generator)
 
     def step(self, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, progress: float,
-             generator: torch.Generator) -> GuidanceStep:
-        """Gradient for one rendered latent image (1, C, h, w); cond/uncond are (tokens, dim)."""
+             generator: torch.Generator, negative: torch.Tensor | None = None) -> GuidanceStep:
+        """Gradient for one rendered latent image (1, C, h, w); cond/uncond/negative are (tokens, dim).
+        ``negative``: the Perp-Neg prompt for this view, used when ``perp_neg_weight`` > 0."""
         t = self.sample_timestep(progress, generator)
         latents = latents.detach().float()
         if self.config.method == "sds":
-            gradient = self.sds_gradient(latents, cond, uncond, t, self._noise(latents.shape, generator))
+            gradient = self.sds_gradient(latents, cond, uncond, t, self._noise(latents.shape, generator), negative)
         else:
             shape = (self.config.paas_samples,) + tuple(latents.shape[1:])
-            gradient = self.sjc_gradient(latents, cond, uncond, t, self._noise(shape, generator))
+            gradient = self.sjc_gradient(latents, cond, uncond, t, self._noise(shape, generator), negative)
         return GuidanceStep(gradient, int(t), float(gradient.pow(2).mean()))
+
+    def _guided_noise(self, noisy, t, cond, uncond, negative) -> torch.Tensor:
+        """eps_hat for a batch of noisy copies of one view."""
+        k, weight = noisy.shape[0], self.config.perp_neg_weight
+        expand = lambda text: text[None].expand(k, -1, -1)
+        return self.prior.predict_noise(noisy, t.expand(k), expand(cond), expand(uncond), self.config.guidance_scale,
+                                        None if negative is None else expand(negative), weight)
 
     def _noise(self, shape, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=generator).to(self.prior.device)
 
-    def sds_gradient(self, latents, cond, uncond, t, noise) -> torch.Tensor:
+    def sds_gradient(self, latents, cond, uncond, t, noise, negative=None) -> torch.Tensor:
         noisy = self.prior.add_noise(latents, noise, t.to(self.prior.device))
-        eps_hat = self.prior.predict_noise(noisy, t, cond[None], uncond[None], self.config.guidance_scale)
+        eps_hat = self._guided_noise(noisy, t, cond, uncond, negative)
         alpha_bar = self.prior.alphas_cumprod[t]
         return WEIGHTINGS[self.config.weighting](alpha_bar).view(-1, 1, 1, 1) * (eps_hat - noise)
 
-    def sjc_gradient(self, latents, cond, uncond, t, perturbations) -> torch.Tensor:
-        k = perturbations.shape[0]
+    def sjc_gradient(self, latents, cond, uncond, t, perturbations, negative=None) -> torch.Tensor:
         alpha_bar = self.prior.alphas_cumprod[t].view(1, 1, 1, 1)
         sigma = ((1 - alpha_bar) / alpha_bar).sqrt()
         perturbed = latents + sigma * perturbations  # x + sigma n, variance-exploding scale
-        eps_hat = self.prior.predict_noise(alpha_bar.sqrt() * perturbed, t.expand(k),
-                                           cond[None].expand(k, -1, -1), uncond[None].expand(k, -1, -1),
-                                           self.config.guidance_scale)
+        eps_hat = self._guided_noise(alpha_bar.sqrt() * perturbed, t, cond, uncond, negative)
         denoised = perturbed - sigma * eps_hat
         paas = ((denoised - latents) / sigma**2).mean(dim=0, keepdim=True)
         return -sigma * paas

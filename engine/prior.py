@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .cameras import CameraConvention
+from .raster import Lighting
 
 # Never touch the network: everything is loaded from disk or the local Hugging Face cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,6 +49,9 @@ class PriorMetadata:
     view_prompt: str = "{prompt}, {view} view"
     scene_bound: float = 1.0
     background_rgb: tuple[float, float, float] | None = None
+    # The light the training images were shaded with, when it is one known light (Primitive World);
+    # text-to-3D then divides it out of the texture. None (photographs): the texture keeps it.
+    lighting: Lighting | None = None
 
     @classmethod
     def from_dict(cls, data: dict, name: str = "unknown") -> "PriorMetadata":
@@ -61,6 +65,7 @@ class PriorMetadata:
             view_prompt=str(data.get("view_prompt", defaults.view_prompt)),
             scene_bound=float(data.get("scene_bound", defaults.scene_bound)),
             background_rgb=tuple(float(c) for c in background) if background else None,
+            lighting=Lighting.from_dict(data["lighting"]) if data.get("lighting") else None,
         )
 
     def to_dict(self) -> dict:
@@ -72,6 +77,7 @@ class PriorMetadata:
             "view_prompt": self.view_prompt,
             "scene_bound": self.scene_bound,
             "background_rgb": list(self.background_rgb) if self.background_rgb else None,
+            "lighting": self.lighting.to_dict() if self.lighting else None,
         }
 
 
@@ -134,22 +140,34 @@ class Prior:
 
     @torch.no_grad()
     def predict_noise(self, noisy_latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-                      uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+                      uncond: torch.Tensor, guidance_scale: float, negative: torch.Tensor | None = None,
+                      negative_weight: float = 0.0) -> torch.Tensor:
         """Classifier-free guided noise estimate, in epsilon form whatever the model predicts.
 
         Guidance form (Ho & Salimans, as in diffusers): eps = eps_u + s * (eps_c - eps_u).
-        The conditional and unconditional halves run as one batch.
+        With a ``negative`` prompt embedding and a positive ``negative_weight``, Perp-Neg
+        (Armandpour et al. 2023): eps = eps_u + s * (d_c - w * perp(d_n, d_c)), d_x = eps_x - eps_u,
+        where perp keeps the part of d_n orthogonal to d_c. Only what the negative prompt says and
+        the positive one does not is pushed away ("front view" from a back view: the door), not
+        what they share (the object). All prompts run as one batch.
         """
         batch = noisy_latents.shape[0]
-        model_in = torch.cat([noisy_latents, noisy_latents]).to(self.dtype)
-        timesteps = torch.cat([t, t]).to(self.device)
-        text = torch.cat([uncond, cond]).to(self.dtype)
-        out = self.unet(model_in, timesteps, encoder_hidden_states=text).sample.float()
+        texts = [uncond, cond] + ([negative] if negative is not None and negative_weight > 0 else [])
+        copies = len(texts)
+        model_in = noisy_latents.repeat(copies, 1, 1, 1).to(self.dtype)
+        timesteps = t.to(self.device).repeat(copies)
+        out = self.unet(model_in, timesteps, encoder_hidden_states=torch.cat(texts).to(self.dtype)).sample.float()
         if self.prediction_type == "v_prediction":
             alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
             out = alpha_bar.sqrt() * out + (1 - alpha_bar).sqrt() * model_in.float()
-        eps_uncond, eps_cond = out[:batch], out[batch:]
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        eps_uncond, eps_cond = out[:batch], out[batch:2 * batch]
+        direction = eps_cond - eps_uncond
+        if copies == 3:
+            away = out[2 * batch:] - eps_uncond
+            along = (away * direction).sum(dim=(1, 2, 3), keepdim=True) \
+                / direction.pow(2).sum(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+            direction = direction - negative_weight * (away - along * direction)
+        return eps_uncond + guidance_scale * direction
 
     # ------------------------------------------------------------------ VAE
     @torch.no_grad()

@@ -12,6 +12,9 @@ from .prior import Prior
 log = logging.getLogger(__name__)
 
 VIEWS = ("front", "side", "back", "overhead")
+# The view whose features must not show up in a view (Perp-Neg's negative): the back of a house has
+# no door. Side and overhead views see both halves, so they have none.
+OPPOSITE_VIEWS = {"front": "back", "back": "front"}
 
 
 class ViewPrompts:
@@ -33,7 +36,13 @@ class ViewPrompts:
         self.conditional = dict(zip(VIEWS, embeddings[:-1]))
         self.unconditional = embeddings[-1]
 
+    def view(self, camera: Camera) -> str:
+        return view_label(camera.azimuth_deg, camera.elevation_deg, self.prior.metadata.camera.overhead_elevation_deg)
+
     def for_camera(self, camera: Camera) -> torch.Tensor:
-        view = view_label(camera.azimuth_deg, camera.elevation_deg,
-                          self.prior.metadata.camera.overhead_elevation_deg)
-        return self.conditional[view]
+        return self.conditional[self.view(camera)]
+
+    def opposite_for_camera(self, camera: Camera) -> torch.Tensor | None:
+        """The embedding of the view facing the other way, or None (no view prompts, or none opposite)."""
+        opposite = OPPOSITE_VIEWS.get(self.view(camera)) if self.view_dependent else None
+        return None if opposite is None else self.conditional[opposite]

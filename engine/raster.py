@@ -25,9 +25,30 @@ import numpy as np
 
 from engine.cameras import Camera, project
 
-LIGHT_DIRECTION = np.array([0.4, -0.6, 0.7]) / np.linalg.norm([0.4, -0.6, 0.7])
-AMBIENT = 0.4
-DIFFUSE = 0.6
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """A Lambertian light fixed in the world: colour = albedo * (ambient + diffuse * max(0, n . l))."""
+    direction: tuple[float, float, float] = (0.4, -0.6, 0.7)  # towards the light; normalised on use
+    ambient: float = 0.4
+    diffuse: float = 0.6
+
+    def shade(self, normals: np.ndarray) -> np.ndarray:
+        """(N,) shading factors of unit normals (N, 3)."""
+        light = np.asarray(self.direction, dtype=np.float64)
+        return self.ambient + self.diffuse * np.maximum(normals @ (light / np.linalg.norm(light)), 0.0)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Lighting":
+        return cls(tuple(float(c) for c in data["direction"]), float(data["ambient"]), float(data["diffuse"]))
+
+    def to_dict(self) -> dict:
+        return {"direction": list(self.direction), "ambient": self.ambient, "diffuse": self.diffuse}
+
+
+# Front, right and above: the light of previews (and of Primitive World's images).
+PREVIEW_LIGHTING = Lighting()
 
 # Triangles closer than this to the camera plane (in view depth) count as behind it.
 NEAR_DEPTH = 1e-6
@@ -241,15 +262,15 @@ def render_textured(
     camera: Camera,
     width: int,
     height: int,
-    shading: bool = True,
+    shading: bool | Lighting = True,
     background: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ssaa: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render a textured mesh: (rgb (H, W, 3) in [0, 1] over ``background``, alpha (H, W)).
 
-    ``uvs`` is per corner (F, 3, 2) or per vertex (V, 2).  With ``shading`` the albedo is lit by a
-    fixed world-space light: albedo * (0.4 + 0.6 * max(0, n . l)), l = normalize(0.4, -0.6, 0.7);
-    without it the albedo is shown as is.  ``ssaa`` renders ``ssaa`` times larger and box-filters
+    ``uvs`` is per corner (F, 3, 2) or per vertex (V, 2).  ``shading``: a ``Lighting`` lights the
+    albedo, True means ``PREVIEW_LIGHTING`` (albedo * (0.4 + 0.6 * max(0, n . l)),
+    l = normalize(0.4, -0.6, 0.7)), False shows the albedo as is.  ``ssaa`` renders ``ssaa`` times larger and box-filters
     down, which antialiases silhouettes.
     """
     vertices = np.asarray(vertices, dtype=np.float64)
@@ -262,7 +283,8 @@ def render_textured(
     uv = np.einsum("nk,nkc->nc", bary, corner_uvs[face])
     colour = sample_bilinear(texture, uv)
     if shading:
-        colour = colour * _lambert(vertices, faces, face, bary, camera)[:, None]
+        lighting = PREVIEW_LIGHTING if shading is True else shading
+        colour = colour * _lambert(vertices, faces, face, bary, camera, lighting)[:, None]
     rgb = np.empty(covered.shape + (3,), dtype=np.float32)
     rgb[:] = np.asarray(background, dtype=np.float32)
     rgb[covered] = np.clip(colour, 0.0, 1.0)
@@ -277,7 +299,7 @@ def _corner_uvs(uvs: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return uvs[faces]
 
 
-def _lambert(vertices, faces, face, bary, camera: Camera) -> np.ndarray:
+def _lambert(vertices, faces, face, bary, camera: Camera, lighting: Lighting) -> np.ndarray:
     """Ambient + diffuse factor per fragment, from interpolated vertex normals."""
     corners = vertices[faces[face]]
     normal = np.einsum("nk,nkc->nc", bary, vertex_normals(vertices, faces)[faces[face]])
@@ -287,7 +309,7 @@ def _lambert(vertices, faces, face, bary, camera: Camera) -> np.ndarray:
     face_normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     seen_from_behind = np.einsum("nc,nc->n", face_normal, corners[:, 0] - camera.position) > 0
     normal[seen_from_behind] *= -1
-    return AMBIENT + DIFFUSE * np.maximum(normal @ LIGHT_DIRECTION, 0.0)
+    return lighting.shade(normal)
 
 
 def _box_downsample(image: np.ndarray, factor: int) -> np.ndarray:

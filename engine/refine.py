@@ -24,12 +24,15 @@ class RefineConfig:
     strength: float = 0.0  # fraction of the diffusion run to re-noise to; 0 decodes the views as rendered
     steps: int = 4
     guidance_scale: float = 7.5  # a sampling scale, not SDS's 100: this is image generation
+    perp_neg_weight: float = 0.0  # Perp-Neg weight of the opposite view's prompt (engine.prior.predict_noise)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength < 1.0:
             raise ValueError("refine strength must be in [0, 1)")
         if self.steps < 1 or self.guidance_scale <= 0:
             raise ValueError("refine needs at least one step and a positive guidance scale")
+        if self.perp_neg_weight < 0:
+            raise ValueError("perp_neg_weight must not be negative")
 
 
 @torch.no_grad()
@@ -43,9 +46,13 @@ def refine_latents(prior: Prior, latents: torch.Tensor, cameras: Sequence[Camera
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     cond = torch.stack([prompts.for_camera(camera) for camera in cameras])
     uncond = prompts.unconditional[None].expand(len(cameras), -1, -1)
+    # A view with no opposite gets its own prompt as the negative: its orthogonal part is zero.
+    negative = torch.stack([opposite if (opposite := prompts.opposite_for_camera(camera)) is not None
+                            else prompts.for_camera(camera) for camera in cameras])
     x = prior.add_noise(latents, noise, timesteps[:1].expand(len(latents)))
     for t, t_next in zip(timesteps[:-1], timesteps[1:]):
-        eps = prior.predict_noise(x, t.expand(len(latents)), cond, uncond, config.guidance_scale)
+        eps = prior.predict_noise(x, t.expand(len(latents)), cond, uncond, config.guidance_scale, negative,
+                                  config.perp_neg_weight)
         alpha_bar = prior.alphas_cumprod[t]
         alpha_next = prior.alphas_cumprod[t_next] if t_next > 0 else torch.ones_like(alpha_bar)
         denoised = (x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()

@@ -141,6 +141,7 @@ def prior_metadata() -> dict:
         "view_prompt": VIEW_PROMPT,
         "scene_bound": SCENE_BOUND,
         "background_rgb": list(BACKGROUND_RGB),
+        "lighting": {"direction": list(LIGHT_DIR), "ambient": AMBIENT, "diffuse": DIFFUSE},
     }
 
 

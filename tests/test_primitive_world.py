@@ -108,6 +108,7 @@ def test_metadata_schema():
         "camera": {"distance": [2.2, 2.2], "fov_y_deg": [40.0, 40.0], "elevation_deg": [0.0, 50.0],
                    "azimuth_deg": [0.0, 360.0], "overhead_elevation_deg": 40.0},
         "view_prompt": "{prompt}, {view} view", "scene_bound": 0.75, "background_rgb": [1.0, 1.0, 1.0],
+        "lighting": {"direction": pytest.approx([0.3980, -0.5970, 0.6965], abs=1e-4), "ambient": 0.4, "diffuse": 0.6},
     }
 
 

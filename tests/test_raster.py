@@ -6,7 +6,6 @@ import trimesh
 
 from engine.cameras import Camera, camera_rays, look_at, orbit_camera, project
 from engine.raster import (
-    LIGHT_DIRECTION,
     rasterize,
     rasterize_screen,
     render_silhouette,
@@ -150,7 +149,8 @@ def test_lambert_shading_lights_the_side_facing_the_camera(camera_side):
 
     # Seen from behind, an open surface is lit as if its normal faced the camera.
     facing_camera = np.array([0.0, camera_side, 0.0])
-    expected = 0.4 + 0.6 * max(0.0, float(facing_camera @ LIGHT_DIRECTION))
+    light = np.array([0.4, -0.6, 0.7]) / np.linalg.norm([0.4, -0.6, 0.7])
+    expected = 0.4 + 0.6 * max(0.0, float(facing_camera @ light))
     np.testing.assert_allclose(rgb[32, 32], [expected] * 3, atol=1e-4)
     np.testing.assert_allclose(rgb[2, 2], [0.0, 0.5, 0.0])
     assert alpha[32, 32] == 1.0 and alpha[2, 2] == 0.0

@@ -70,6 +70,9 @@ class GenerateConfig:
     # leaves voxel-scale noise in the density that would otherwise become a bumpy surface.
     surface_smoothing: float = 1.0
     texture_size: int = 1024
+    # Divide the prior's known lighting (PriorMetadata.lighting) out of the baked colours, so the
+    # texture is albedo that Blender lights itself, and a back in shadow is not painted dark.
+    delight: bool = True
     preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run
 
     def __post_init__(self) -> None:
@@ -171,7 +174,7 @@ class FieldOptimisation:
         out = render(self.field, camera, size, size, config.samples_per_ray, self.background, self.generator)
         latents = out.features[None]
         score = self.guidance.step(latents, self.prompts.for_camera(camera), self.prompts.unconditional,
-                                   progress, self.generator)
+                                   progress, self.generator, self.prompts.opposite_for_camera(camera))
         regular = emptiness_weight(step, self.emptiness_switch, config.emptiness_early, config.emptiness_late) \
             * emptiness_loss(out.weights, config.emptiness_beta)
         regular = regular + config.entropy_weight * progress * opacity_entropy(out.opacity)
@@ -271,15 +274,18 @@ def textured_mesh(run: FieldOptimisation, config: GenerateConfig, on_progress: P
 
     started = time.perf_counter()
     tolerance = 2.0 * field_.voxel_size
+    lighting = prior.metadata.lighting if config.delight else None
 
     def colour_fn(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        return backproject(points, normals, vertices, faces, views, tolerance, on_view=check_cancel,
-                           foreground_threshold=config.foreground_threshold)[0]
+        colours = backproject(points, normals, vertices, faces, views, tolerance, on_view=check_cancel,
+                              foreground_threshold=config.foreground_threshold)[0]
+        return colours if lighting is None else colours / lighting.shade(normals)[:, None]
 
     texture = bake_texture(vertices, faces, uvs, colour_fn, size=config.texture_size)
     check_cancel()
     mesh = TexturedMesh(vertices.astype(np.float32), faces.astype(np.int32), uvs.astype(np.float32), texture)
-    colour_error = view_fidelity(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, views, config.foreground_threshold)
+    colour_error = view_fidelity(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, views, config.foreground_threshold,
+                                 lighting)
     timings["colour_s"] += time.perf_counter() - started
     preview = (views[0].image * 255).round().astype(np.uint8)
     if on_progress is not None:
