@@ -1,16 +1,22 @@
 """The colour stage's parts: SDEdit refinement, silhouette carving, object-only back-projection, rig views."""
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import trimesh
 
+from engine import generate
 from engine.cameras import CameraConvention, ViewSampler, fit_rig, orbit_camera
 from engine.carve import carve
 from engine.colour import DecodedView, backproject, foreground_mask
 from engine.export import texel_surface_points, unwrap
+from engine.prior import Prior
 from engine.prompts import ViewPrompts
-from engine.raster import render_silhouette
+from engine.raster import Lighting, render_silhouette
 from engine.refine import RefineConfig, refine_latents
+from engine.tasks.generate import preset_config
+from engine.testing import tiny_components, tiny_metadata
 
 RED, WHITE = np.array([0.8, 0.1, 0.1]), np.ones(3)
 
@@ -95,3 +101,34 @@ def test_rig_views_are_fitted_to_the_prior_distance_and_optimised_every_few_step
     elevations = [camera.elevation_deg for camera in others]
     assert min(elevations) >= 0.0 - 1e-6 and max(elevations) <= 50.0 + 1e-6
     assert abs(np.mean(elevations) - 25.0) < 8.0  # centred on the rig's elevation
+
+
+def test_front_and_back_views_name_each_other_as_perp_neg_negatives(tiny):
+    prompts = ViewPrompts(tiny, "a red house")
+    back, side, front = (orbit_camera(az, 10.0, 2.2, 40.0) for az in (180.0, 90.0, 0.0))
+    assert torch.equal(prompts.opposite_for_camera(back), prompts.conditional["front"])
+    assert torch.equal(prompts.opposite_for_camera(front), prompts.conditional["back"])
+    assert prompts.opposite_for_camera(side) is None
+    assert ViewPrompts(tiny, "a red house", view_dependent=False).opposite_for_camera(back) is None
+
+    latents = torch.randn(3, tiny.latent_channels, tiny.metadata.latent_size, tiny.metadata.latent_size)
+    cameras = [back, side, front]
+    plain = refine_latents(tiny, latents, cameras, prompts, RefineConfig(strength=0.5), torch.Generator().manual_seed(2))
+    pushed = refine_latents(tiny, latents, cameras, prompts, RefineConfig(strength=0.5, perp_neg_weight=1.0),
+                            torch.Generator().manual_seed(2))
+    changed = (pushed - plain).flatten(1).abs().amax(dim=1)
+    # The side view has no opposite, so Perp-Neg leaves it alone; front and back change.
+    assert changed[1] < 1e-4 and changed[0] > 1e-3 and changed[2] > 1e-3
+
+
+def test_albedo_texture_is_the_baked_colour_with_the_prior_lighting_divided_out():
+    lighting = Lighting()
+    lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
+    config = dict(steps=4, grid_resolution=24, mesh_resolution=32, texture_size=512)
+    lit = generate("a red cube", lit_prior, preset_config("draft", delight=False, **config)).mesh
+    albedo = generate("a red cube", lit_prior, preset_config("draft", **config)).mesh
+    assert np.array_equal(lit.vertices, albedo.vertices)
+    rows, cols, _, normals, _ = texel_surface_points(lit.vertices, lit.faces, lit.uvs, 512)
+    expected = np.clip(lit.texture[rows, cols] / 255.0 / lighting.shade(normals)[:, None], 0, 1)
+    assert np.abs(albedo.texture[rows, cols] / 255.0 - expected).max() < 4 / 255  # 8-bit rounding, over 0.4
+    assert (albedo.texture[rows, cols].astype(int) >= lit.texture[rows, cols]).all()

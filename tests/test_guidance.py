@@ -1,5 +1,6 @@
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from engine.guidance import WEIGHTINGS, GuidanceConfig, ScoreDistillation, surrogate_loss
@@ -89,3 +90,45 @@ def test_timestep_range_anneals_and_weightings_are_selectable():
     assert 20 <= min(late) and max(late) <= 500
     alpha_bar = torch.tensor([0.5])
     assert WEIGHTINGS["uniform"](alpha_bar) == 1 and WEIGHTINGS["dreamfusion"](alpha_bar) == 0.5
+
+
+class TableUNet(torch.nn.Module):
+    """Returns a fixed noise pattern per prompt: the prompt embedding's mean picks the row."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a module the prior can freeze
+        self.batches = []
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.batches.append(len(x))
+        rows = encoder_hidden_states.mean(dim=(1, 2)).round().long()
+        return SimpleNamespace(sample=self.table[rows])
+
+
+def test_perp_neg_removes_only_the_negative_part_orthogonal_to_the_prompt():
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(3, 4, 8, 8, generator=generator)  # eps for uncond (0), cond (1), negative (2)
+    _, vae, text_encoder, tokenizer, scheduler = tiny_components()
+    prior = Prior(TableUNet(table), vae, text_encoder, tokenizer, scheduler, tiny_metadata())
+    uncond, cond, negative = (torch.full((1, 12, 32), float(k)) for k in range(3))
+    noisy, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+
+    plain = prior.predict_noise(noisy, t, cond, uncond, 7.5)
+    guided = prior.predict_noise(noisy, t, cond, uncond, 7.5, negative, negative_weight=2.0)
+
+    assert prior.unet.batches == [2, 3]  # the negative rides in the same U-Net batch
+    d_c, d_n = table[1] - table[0], table[2] - table[0]
+    perpendicular = d_n - (d_n * d_c).sum() / d_c.pow(2).sum() * d_c
+    assert torch.allclose(guided[0], table[0] + 7.5 * (d_c - 2.0 * perpendicular), atol=1e-4)
+    # What the prompt asks for is kept whole: the change is orthogonal to the prompt's direction.
+    assert abs(float(((guided - plain)[0] * d_c).sum())) < 1e-3 * float(d_c.pow(2).sum())
+    # A zero weight, or the prompt as its own negative, is plain guidance.
+    assert torch.allclose(prior.predict_noise(noisy, t, cond, uncond, 7.5, negative, 0.0), plain)
+    assert torch.allclose(prior.predict_noise(noisy, t, cond, uncond, 7.5, cond, 2.0), plain, atol=1e-5)
+
+
+def test_perp_neg_config_is_checked():
+    with pytest.raises(ValueError, match="perp_neg_weight"):
+        GuidanceConfig(perp_neg_weight=-1.0)
