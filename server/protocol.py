@@ -64,7 +64,7 @@ class State:
 
 
 JOB_KINDS = ("generate", "paint", "sketch")
-PRESETS = ("draft", "standard", "high")
+PRESETS = ("draft", "standard", "high", "sd")
 METHODS = ("sds", "sjc")
 
 # The error a request gets from a connection that has not said hello (new, or reconnected after a

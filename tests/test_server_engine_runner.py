@@ -63,6 +63,18 @@ def test_each_kind_gets_its_own_presets_with_the_params_on_top(kind, config_type
     assert (job.mesh is None) == (arrays is None)
 
 
+@pytest.mark.parametrize("kind, arrays", [("generate", None), ("paint", cube_arrays()), ("sketch", cube_arrays())])
+def test_every_protocol_preset_is_a_preset_of_every_kind(kind, arrays):
+    from server.protocol import PRESETS
+
+    for preset in PRESETS:
+        assert prepared(kind, arrays, preset=preset).config.steps >= 1, preset
+    # A preset's nested guidance is copied, never shared between jobs.
+    first, second = (prepared(kind, arrays, preset="sd").config for _ in range(2))
+    first.guidance.guidance_scale = 1.0
+    assert second.guidance.guidance_scale == 100.0
+
+
 def test_shape_params_reach_generate_and_sketch():
     for kind, arrays in (("generate", None), ("sketch", cube_arrays())):
         config = prepared(kind, arrays, grid_resolution=24, mesh_resolution=40).config

@@ -10,9 +10,10 @@ MODES = (
     ("TEXTURE", "Texture Selected", "Paint a texture onto the selected mesh, keeping its shape", "TEXTURE", 1),
     ("SKETCH", "Sketch from Selected", "Use the selected mesh as a rough shape to refine", "MESH_ICOSPHERE", 2),
 )
-PRESET_DESCRIPTIONS = {"draft": "Fast, coarse result", "standard": "Balanced time and quality",
-                       "high": "Slow, detailed result"}
-PRESETS = [(name.upper(), name.title(), PRESET_DESCRIPTIONS[name]) for name in protocol.PRESETS]
+PRESET_LABELS = {"draft": ("Draft", "Fast, coarse result"), "standard": ("Standard", "Balanced time and quality"),
+                 "high": ("High", "Slow, detailed result"),
+                 "sd": ("Stable Diffusion", "For a Stable Diffusion model on a GPU: the published step counts")}
+PRESETS = [(name.upper(), *PRESET_LABELS[name]) for name in protocol.PRESETS]
 
 
 class DreamsmithSettings(bpy.types.PropertyGroup):
