@@ -59,11 +59,12 @@ CASES = {
 }
 
 
-def render(mesh, camera, size: int = contract.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """The texture as a viewer sees it, unlit: Latent-Paint bakes the prior's (contract) lighting into
-    the texture, so lighting it again would count the shading twice."""
+def render(mesh, camera, size: int = contract.IMAGE_SIZE, shading: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The texture as it is, unlit by default: Latent-Paint bakes the prior's (contract) lighting into
+    the texture, so lighting it again would count the shading twice. ``shading``: lit by the
+    contract's light, as Primitive World's images are (for albedo textures)."""
     return render_textured(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, camera, size, size,
-                           shading=False, ssaa=contract.SUPERSAMPLE)
+                           shading=shading, ssaa=contract.SUPERSAMPLE)
 
 
 def judge_colour(mesh) -> dict:
@@ -79,10 +80,11 @@ def judge_colour(mesh) -> dict:
             "median_rgb": np.round(np.median(pixels, axis=0), 3).tolist()}, tiles
 
 
-def judge_door(mesh) -> tuple[dict, list[np.ndarray]]:
+def judge_door(mesh, shading: bool = False) -> tuple[dict, list[np.ndarray]]:
     front_camera = orbit_camera(0.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
-    front, _ = render(mesh, front_camera)
-    back, _ = render(mesh, orbit_camera(180.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG))
+    front, _ = render(mesh, front_camera, shading=shading)
+    back, _ = render(mesh, orbit_camera(180.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG),
+                     shading=shading)
     counts = {"door_pixels_front": door_pixels(front), "door_pixels_back": door_pixels(back)}
     # Information only, not a bar: how many of the front's door pixels lie where the contract's door
     # is (its rectangle grown by 2 pixels); everything outside is whitened so door_pixels skips it.

@@ -253,7 +253,11 @@ def _quality_md(results: dict, plots: dict) -> list[str]:
         "textured mesh from 16 views (8 azimuths × elevations 10° and 35°, the contract camera) against the 7 "
         "analytic shapes; the best mean IoU wins. **Colour**: the median colour of the texels the mesh uses, "
         "nearest shaded palette colour. **Janus**: a house whose back view (azimuth 180°, elevation 15°) shows "
-        "20 or more door-coloured pixels, as `bench/paint_quality.py` counts them.")
+        "20 or more door-coloured pixels, as `bench/paint_quality.py` counts them, in an unlit render of the "
+        "texture: text-to-3D textures are albedo (the prior's light divided out). The same count on a render lit "
+        "by the contract's light is given for information: there the back is in shadow at 0.4 × albedo, where "
+        "the classifier, which allows any shading from 0.4 to 1 for every colour, takes dark-red specks for a "
+        "lit door.")
     if settings.get("subset"):
         out += ["", f"> Quick mode: accuracy is on this subset only, not on the full "
                     f"{settings.get('full_prompt_set_runs', 147)}-run prompt set the targets are defined over. "
@@ -274,6 +278,11 @@ def _quality_md(results: dict, plots: dict) -> list[str]:
                      _fmt(janus["rate"], "fraction"), f"{100 * lo:.0f}–{100 * hi:.0f} %"])
         rows.append(["door visible in front (house)", f"{janus['door_in_front']}/{janus['n']}",
                      _fmt(janus["door_in_front"] / janus["n"], "fraction"), ""])
+        lit = janus.get("lit") or {}
+        if lit.get("n"):
+            lo, hi = lit["wilson95"]
+            rows.append(["Janus, texture lit by the contract's light (information)", f"{lit['correct']}/{lit['n']}",
+                         _fmt(lit["rate"], "fraction"), f"{100 * lo:.0f}–{100 * hi:.0f} %"])
     out += ["", _table(["measure", "runs", "rate", "95 % interval"], rows), ""]
     runs = [r for r in q["runs"] if "error" not in r]
     misses = [r for r in runs if not (r["shape_ok"] and r["colour_ok"] and not r.get("janus", False))]

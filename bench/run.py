@@ -167,10 +167,16 @@ def quality_run(prior, prompt: str, seed: int, overrides: list[str], workdir: Pa
         try:  # paint_quality is still being tuned; a broken import must not cost this run's other verdicts
             from . import paint_quality as pq
 
-            door, _ = pq.judge_door(load_glb(glb))
+            mesh = load_glb(glb)
+            door, _ = pq.judge_door(mesh)
             row.update(door)
             row["door_front"] = door["door_pixels_front"] >= pq.DOOR_VISIBLE
             row["janus"] = door["door_pixels_back"] >= pq.DOOR_VISIBLE
+            # Information, not the target: the texture is albedo, judged as it is above; lit by the
+            # contract's light, the back sits in shadow, where dark-red and door-brown pixels blur.
+            lit, _ = pq.judge_door(mesh, shading=True)
+            row["door_pixels_back_lit"] = lit["door_pixels_back"]
+            row["janus_lit"] = lit["door_pixels_back"] >= pq.DOOR_VISIBLE
         except Exception as exc:
             log.exception("the door check of %s failed", glb)
             row["door_error"] = _error(exc)
@@ -206,7 +212,8 @@ def summarise_quality(runs: list[dict]) -> dict:
     return {
         "runs_completed": len(ok), "runs_failed": len(runs) - len(ok),
         "shape": _rate(ok, "shape_ok"), "colour": _rate(ok, "colour_ok"),
-        "janus": {**_rate(houses, "janus"), "door_in_front": sum(r["door_front"] for r in houses)},
+        "janus": {**_rate(houses, "janus"), "door_in_front": sum(r["door_front"] for r in houses),
+                  "lit": _rate([r for r in houses if "janus_lit" in r], "janus_lit")},
         "by_shape": by_shape, "by_colour": by_colour,
     }
 

@@ -130,6 +130,13 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
     return np.clip(colours, 0, 1), seen
 
 
+def albedo(colours: np.ndarray, normals: np.ndarray, lighting: Lighting | None) -> np.ndarray:
+    """Colours (N, 3) seen under ``lighting`` with the light divided out, for unit ``normals`` (N, 3)
+    that face the viewers; as they are without a lighting. Shadowed sides come out as bright as lit
+    ones, so the texture is what a renderer should light."""
+    return colours if lighting is None else colours / lighting.shade(normals)[:, None]
+
+
 def view_fidelity(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
                   views: list[DecodedView], foreground_threshold: float | None = None,
                   lighting: Lighting | None = None) -> float:

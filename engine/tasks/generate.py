@@ -14,7 +14,7 @@ from scipy.ndimage import gaussian_filter
 
 from ..cameras import Camera, ViewSampler
 from ..carve import carve, fit_silhouettes, matching_level
-from ..colour import DecodedView, backproject, decode_views, foreground_mask, view_fidelity
+from ..colour import DecodedView, albedo, backproject, decode_views, foreground_mask, view_fidelity
 from ..export import TexturedMesh, bake_texture, extract_mesh, unwrap
 from ..field import EnvironmentBackground, VoxelField
 from ..guidance import GuidanceConfig, GuidanceStep, ScoreDistillation, surrogate_loss
@@ -71,9 +71,7 @@ class GenerateConfig:
     # leaves voxel-scale noise in the density that would otherwise become a bumpy surface.
     surface_smoothing: float = 1.0
     texture_size: int = 1024
-    # Divide the prior's known lighting (PriorMetadata.lighting) out of the baked colours, so the
-    # texture is albedo that Blender lights itself, and a back in shadow is not painted dark.
-    delight: bool = True
+    delight: bool = True  # albedo texture: the prior's known light (PriorMetadata.lighting) divided out
     preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run
 
     def __post_init__(self) -> None:
@@ -286,7 +284,7 @@ def textured_mesh(run: FieldOptimisation, config: GenerateConfig, on_progress: P
     def colour_fn(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
         colours = backproject(points, normals, vertices, faces, views, tolerance, on_view=check_cancel,
                               foreground_threshold=config.foreground_threshold)[0]
-        return colours if lighting is None else colours / lighting.shade(normals)[:, None]
+        return albedo(colours, normals, lighting)
 
     texture = bake_texture(vertices, faces, uvs, colour_fn, size=config.texture_size)
     check_cancel()
