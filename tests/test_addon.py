@@ -682,8 +682,11 @@ def test_texture_and_sketch_selected_on_the_default_cube(operator, kind, dreamsm
         assert 1.0 < seen["made_size"] < 4.0  # the default cube is 2 m across
         assert after["cube_hidden"] and after["cube_vertices"] == before["cube_vertices"]
     # Paint and sketch work in world space: the scene camera is sent as it is.
-    (camera,) = received_params(dreamsmith_server, seen["job_id"])["cameras"]
+    params = received_params(dreamsmith_server, seen["job_id"])
+    (camera,) = params["cameras"]
     np.testing.assert_allclose(camera["c2w"], seen["camera_matrix"], atol=1e-5)
+    # The panel's guidance is 0, the preset's: paint keeps its own scale rather than text-to-3D's 100.
+    assert "guidance_scale" not in params
 
 
 def in_blender_generate_then_quit(addon, address):

@@ -25,8 +25,11 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
                       default=0, min=0)
     steps: IntProperty(name="Steps", description="Optimisation steps; 0 uses the quality preset's number",
                        default=0, min=0, max=protocol.MAX_STEPS)
-    guidance: FloatProperty(name="Guidance", description="Classifier-free guidance scale",
-                            default=100.0, min=protocol.GUIDANCE_RANGE[0], max=protocol.GUIDANCE_RANGE[1])
+    # 0 by default, like steps: each job kind's preset has its own scale (text-to-3D 100, paint 5 on
+    # the embedded prior), and one panel default would override them all.
+    guidance: FloatProperty(name="Guidance",
+                            description="Classifier-free guidance scale; 0 uses the quality preset's scale",
+                            default=0.0, min=0.0, max=protocol.GUIDANCE_RANGE[1])
     preset: EnumProperty(name="Quality", items=PRESETS, default="STANDARD")
     camera_collection: PointerProperty(
         name="Camera Rig", type=bpy.types.Collection,
@@ -34,12 +37,13 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
 
     def job_params(self) -> dict:
         """The submit params the protocol defines for every job kind."""
-        params = {"prompt": self.prompt, "seed": self.seed, "guidance_scale": self.guidance,
-                  "preset": self.preset.lower()}
+        params = {"prompt": self.prompt, "seed": self.seed, "preset": self.preset.lower()}
         if self.negative_prompt.strip():
             params["negative_prompt"] = self.negative_prompt
         if self.steps:
             params["steps"] = self.steps
+        if self.guidance >= protocol.GUIDANCE_RANGE[0]:  # 0 (anything under the minimum): the preset's
+            params["guidance_scale"] = self.guidance
         return params
 
 
