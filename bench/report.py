@@ -298,49 +298,51 @@ def _quality_md(results: dict, plots: dict) -> list[str]:
     return out
 
 
+def _cases_md(results: dict, name: str, intro: str, header: list[str], row, summary) -> list[str]:
+    """One issue-#6 section: ``intro``, a table with one ``row(case)`` per case (``header`` after the
+    case and seed columns; failed cases show their error), then ``summary(section)`` lines."""
+    missing = _section_status(results, name)
+    if missing:
+        return [f"{intro.split(' (')[0]}: {missing}", ""]
+    section, rows = results[name], []
+    for r in section["cases"]:
+        if "error" in r:
+            rows.append([r["case"], r["seed"]] + ["–"] * len(header) + [f"error: {r['error']}"])
+        else:
+            rows.append([f"{r['case']} ({r['prompt']})", r["seed"]] + row(r))
+    return [intro, "", _table(["case", "seed"] + header + ["verdict"], rows), ""] + summary(section)
+
+
+def _paint_row(r: dict) -> list:
+    door = f"{r['door_pixels_front']}/{r['door_pixels_back']}" if "door_pixels_front" in r else "–"
+    failed = [k for k, v in r["checks"].items() if not v]
+    return [r.get("colour", "–"), door, _fmt(r["seconds"], "seconds"),
+            "pass" if r["passed"] else "**fail**: " + ", ".join(failed)]
+
+
+def _sketch_row(r: dict) -> list:
+    return [f"{r['iou']:.3f} (bar {r['min_iou']:.2f})",
+            f"{r['colour']}" + (f" (want {r['colour_wanted']})" if r["colour_wanted"] else ""),
+            _fmt(r["seconds"], "seconds"), "pass" if r["passed"] else "**fail**"]
+
+
 def _paint_sketch_md(results: dict) -> list[str]:
-    out = ["## Latent-Paint and Sketch-Shape (issue #6's checks)", ""]
-    missing = _section_status(results, "paint")
-    if missing:
-        out += ["Latent-Paint: " + missing, ""]
-    else:
-        p = results["paint"]
-        out.append("Latent-Paint (`bench/paint_quality.py`): the contract mesh painted from a prompt; colour = median "
-                   "of the object pixels over 16 shaded views; house: door in front (≥ 20 px) and none at the back; "
-                   "timing: a 12,288-face cube painted within 120 s.")
-        rows = []
-        for r in p["cases"]:
-            if "error" in r:
-                rows.append([r["case"], r["seed"], "–", "–", "–", f"error: {r['error']}"])
-                continue
-            door = f"{r['door_pixels_front']}/{r['door_pixels_back']}" if "door_pixels_front" in r else "–"
-            failed = [k for k, v in r["checks"].items() if not v]
-            rows.append([f"{r['case']} ({r['prompt']})", r["seed"], r.get("colour", "–"), door,
-                         _fmt(r["seconds"], "seconds"), "pass" if r["passed"] else "**fail**: " + ", ".join(failed)])
-        out += ["", _table(["case", "seed", "judged colour", "door px front/back", "time", "verdict"], rows), ""]
-        if p.get("colour"):
-            out += [f"Latent-Paint colour accuracy: {p['colour']['correct']}/{p['colour']['n']} "
-                    f"({_fmt(p['colour']['rate'], 'fraction')}).", ""]
-    missing = _section_status(results, "sketch")
-    if missing:
-        out += ["Sketch-Shape: " + missing, ""]
-    else:
-        s = results["sketch"]
-        out.append("Sketch-Shape (`bench/sketch_quality.py`): volume IoU of the exported mesh with the sketch; colour "
-                   "where the case asks for one; each job within 180 s.")
-        rows = []
-        for r in s["cases"]:
-            if "error" in r:
-                rows.append([r["case"], r["seed"], "–", "–", "–", f"error: {r['error']}"])
-                continue
-            rows.append([f"{r['case']} ({r['prompt']})", r["seed"], f"{r['iou']:.3f} (bar {r['min_iou']:.2f})",
-                         f"{r['colour']}" + (f" (want {r['colour_wanted']})" if r["colour_wanted"] else ""),
-                         _fmt(r["seconds"], "seconds"), "pass" if r["passed"] else "**fail**"])
-        out += ["", _table(["case", "seed", "IoU", "colour", "time", "verdict"], rows), ""]
-        if s.get("iou"):
-            out += [f"Sketch-Shape IoU: median {s['iou']['median']:.3f}, min {s['iou']['min']:.3f} "
-                    f"over {s['iou']['n']} jobs.", ""]
-    return out
+    paint = _cases_md(
+        results, "paint",
+        "Latent-Paint (`bench/paint_quality.py`): the contract mesh painted from a prompt; colour = median of the "
+        "object pixels over 16 shaded views; house: door in front (≥ 20 px) and none at the back; timing: a "
+        "12,288-face cube painted within 120 s.",
+        ["judged colour", "door px front/back", "time"], _paint_row,
+        lambda p: [f"Latent-Paint colour accuracy: {p['colour']['correct']}/{p['colour']['n']} "
+                   f"({_fmt(p['colour']['rate'], 'fraction')}).", ""] if p.get("colour") else [])
+    sketch = _cases_md(
+        results, "sketch",
+        "Sketch-Shape (`bench/sketch_quality.py`): volume IoU of the exported mesh with the sketch; colour where "
+        "the case asks for one; each job within 180 s.",
+        ["IoU", "colour", "time"], _sketch_row,
+        lambda s: [f"Sketch-Shape IoU: median {s['iou']['median']:.3f}, min {s['iou']['min']:.3f} "
+                   f"over {s['iou']['n']} jobs.", ""] if s.get("iou") else [])
+    return ["## Latent-Paint and Sketch-Shape (issue #6's checks)", ""] + paint + sketch
 
 
 def _speed_md(results: dict, plots: dict) -> list[str]:
