@@ -51,7 +51,8 @@ def add_common_options(command: argparse.ArgumentParser) -> None:
                          "a _preview.png go beside it")
     command.add_argument("--model", help="diffusers Stable Diffusion folder or cached Hugging Face id "
                          "(default: the embedded Primitive World prior)")
-    command.add_argument("--preset", default="standard", help="draft, standard or high (default standard); sd for a Stable Diffusion model")
+    command.add_argument("--preset", default="standard",
+                         help="draft, standard or high (default standard); sd for a Stable Diffusion model")
     command.add_argument("--steps", type=int, help="optimisation steps (default: the preset's)")
     command.add_argument("--seed", type=int, default=0, help="random seed; same seed, same asset (default 0)")
     command.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 100)")

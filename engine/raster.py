@@ -26,7 +26,6 @@ import numpy as np
 from engine.cameras import Camera, project
 
 
-
 @dataclass(frozen=True)
 class Lighting:
     """A Lambertian light fixed in the world: colour = albedo * (ambient + diffuse * max(0, n . l))."""
@@ -270,8 +269,8 @@ def render_textured(
 
     ``uvs`` is per corner (F, 3, 2) or per vertex (V, 2).  ``shading``: a ``Lighting`` lights the
     albedo, True means ``PREVIEW_LIGHTING`` (albedo * (0.4 + 0.6 * max(0, n . l)),
-    l = normalize(0.4, -0.6, 0.7)), False shows the albedo as is.  ``ssaa`` renders ``ssaa`` times larger and box-filters
-    down, which antialiases silhouettes.
+    l = normalize(0.4, -0.6, 0.7)), False shows the albedo as is.  ``ssaa`` renders ``ssaa`` times
+    larger and box-filters down, which antialiases silhouettes.
     """
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
