@@ -128,8 +128,8 @@ PRESETS = {
     "draft": dict(steps=300, texture_size=512, colour_view_azimuths=4, view_pool=48),
     "standard": {},
     "high": dict(steps=1500, texture_size=2048, colour_view_azimuths=12),
-    "sd": dict(steps=5000, guidance=GuidanceConfig(guidance_scale=100.0), latent_texture_size=128,
-               texture_size=2048, view_pool=256),
+    # The view pool stays at 96: at 64x64 latents each pooled view holds 16x the fragments.
+    "sd": dict(steps=5000, guidance=GuidanceConfig(guidance_scale=100.0), latent_texture_size=128, texture_size=2048),
 }
 
 
