@@ -19,6 +19,7 @@ scatter-min on depth picks the nearest triangle per pixel.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,15 @@ class Lighting:
     direction: tuple[float, float, float] = (0.4, -0.6, 0.7)  # towards the light; normalised on use
     ambient: float = 0.4
     diffuse: float = 0.6
+
+    def __post_init__(self) -> None:
+        direction = np.asarray(self.direction, dtype=np.float64)
+        if direction.shape != (3,) or not np.isfinite(direction).all() or not np.linalg.norm(direction) > 0:
+            raise ValueError(f"a light direction is three finite numbers, not all zero; got {self.direction}")
+        # Albedo divides by the shading, which is never less than the ambient term.
+        if not (math.isfinite(self.ambient) and self.ambient > 0 and math.isfinite(self.diffuse)
+                and self.diffuse >= 0):
+            raise ValueError(f"lighting needs ambient > 0 and diffuse >= 0; got {self.ambient}, {self.diffuse}")
 
     def shade(self, normals: np.ndarray) -> np.ndarray:
         """(N,) shading factors of unit normals (N, 3)."""

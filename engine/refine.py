@@ -9,6 +9,7 @@ silhouette and the layout, and only the appearance snaps to what the prior would
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,8 +32,8 @@ class RefineConfig:
             raise ValueError("refine strength must be in [0, 1)")
         if self.steps < 1 or self.guidance_scale <= 0:
             raise ValueError("refine needs at least one step and a positive guidance scale")
-        if self.perp_neg_weight < 0:
-            raise ValueError("perp_neg_weight must not be negative")
+        if not (math.isfinite(self.perp_neg_weight) and self.perp_neg_weight >= 0):
+            raise ValueError(f"perp_neg_weight must be a non-negative number, got {self.perp_neg_weight}")
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 import trimesh
 
@@ -110,6 +111,8 @@ def test_front_and_back_views_name_each_other_as_perp_neg_negatives(tiny):
     assert torch.equal(prompts.opposite_for_camera(front), prompts.conditional["back"])
     assert prompts.opposite_for_camera(side) is None
     assert ViewPrompts(tiny, "a red house", view_dependent=False).opposite_for_camera(back) is None
+    with pytest.raises(ValueError, match="perp_neg_weight"):
+        RefineConfig(strength=0.3, perp_neg_weight=float("nan"))
 
     latents = torch.randn(3, tiny.latent_channels, tiny.metadata.latent_size, tiny.metadata.latent_size)
     cameras = [back, side, front]

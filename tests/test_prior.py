@@ -61,3 +61,19 @@ def test_corrupt_weights_are_a_one_line_error(tmp_path, tiny_folder):
         load_prior(broken)
     message = str(error.value)
     assert "could not load the prior" in message and str(broken) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("lighting, problem", [
+    ({"direction": [0, 0, 0], "ambient": 0.4, "diffuse": 0.6}, "direction"),
+    ({"direction": [0.4, -0.6, "x"], "ambient": 0.4, "diffuse": 0.6}, "could not convert|direction"),
+    ({"direction": [0.4, -0.6, 0.7], "ambient": 0.0, "diffuse": 0.6}, "ambient > 0"),
+    ({"direction": [0.4, -0.6, 0.7], "diffuse": 0.6}, "ambient"),
+])
+def test_bad_lighting_in_the_metadata_is_one_clear_error(tmp_path, lighting, problem):
+    import json
+
+    folder = save_tiny_prior(tmp_path / "lit")
+    meta_file = folder / "dreamsmith_prior.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "lighting": lighting}))
+    with pytest.raises(PriorError, match=f"dreamsmith_prior.json is not valid prior metadata: .*({problem})"):
+        load_prior(folder)
