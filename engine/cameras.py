@@ -96,6 +96,14 @@ def project(points: np.ndarray, camera: Camera, width: int, height: int):
     return np.stack([px, py], axis=-1), depth
 
 
+def pixel_indices(xy: np.ndarray, depth: np.ndarray, width: int, height: int):
+    """Integer (rows, cols) of projected points (``project``'s output) and which of them land in
+    the image in front of the camera; rows and cols are only meaningful where ``inside``."""
+    cols, rows = np.floor(xy[:, 0]).astype(int), np.floor(xy[:, 1]).astype(int)
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (depth > 0)
+    return rows, cols, inside
+
+
 def view_label(azimuth_deg: float, elevation_deg: float, overhead_elevation_deg: float) -> str:
     """front / side / back / overhead, by the rules of Primitive World and DreamFusion."""
     if elevation_deg >= overhead_elevation_deg:

@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from .cameras import project
+from .cameras import pixel_indices, project
 from .colour import DecodedView, foreground_mask
 from .field import VoxelField
+from .occupancy import lattice
 from .renderer import render
-
-
-def _lattice(resolution: int, bound: float) -> np.ndarray:
-    """(R^3, 3) world points of the lattice over [-bound, bound]^3, in [z, y, x] index order."""
-    axis = np.linspace(-bound, bound, resolution)
-    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
-    return np.stack([x, y, z], axis=-1).reshape(-1, 3)
 
 
 def background_votes(points: np.ndarray, views: list[DecodedView], threshold: float) -> np.ndarray:
@@ -31,9 +25,7 @@ def background_votes(points: np.ndarray, views: list[DecodedView], threshold: fl
     for view in views:
         height, width = view.image.shape[:2]
         mask = foreground_mask(view, threshold, grow=1)  # never bite into the silhouette's edge
-        xy, depth = project(points, view.camera, width, height)
-        cols, rows = np.floor(xy[:, 0]).astype(int), np.floor(xy[:, 1]).astype(int)
-        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (depth > 0)
+        rows, cols, inside = pixel_indices(*project(points, view.camera, width, height), width, height)
         votes[inside] += ~mask[rows[inside], cols[inside]]
     return votes
 
@@ -42,16 +34,14 @@ def carve(density: np.ndarray, bound: float, views: list[DecodedView], threshold
           min_votes: int) -> np.ndarray:
     """``density`` (R, R, R) on the lattice over [-bound, bound]^3 indexed [z, y, x], with every
     point that at least ``min_votes`` views show as background set to zero."""
-    points = _lattice(density.shape[0], bound)
+    points = lattice(density.shape[0], bound).reshape(-1, 3)
     empty = background_votes(points, views, threshold).reshape(density.shape) >= min_votes
     return np.where(empty, 0.0, density)
 
 
 def _splat_silhouette(points: np.ndarray, view: DecodedView) -> np.ndarray:
     height, width = view.image.shape[:2]
-    xy, depth = project(points, view.camera, width, height)
-    cols, rows = np.floor(xy[:, 0]).astype(int), np.floor(xy[:, 1]).astype(int)
-    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (depth > 0)
+    rows, cols, inside = pixel_indices(*project(points, view.camera, width, height), width, height)
     silhouette = np.zeros((height, width), dtype=bool)
     silhouette[rows[inside], cols[inside]] = True
     return silhouette
@@ -59,7 +49,7 @@ def _splat_silhouette(points: np.ndarray, view: DecodedView) -> np.ndarray:
 
 def silhouette_iou(occupied: np.ndarray, bound: float, views: list[DecodedView], masks: list[np.ndarray]) -> float:
     """Mean IoU between the projected lattice points of ``occupied`` (R, R, R) and the masks."""
-    points = _lattice(occupied.shape[0], bound)[occupied.reshape(-1)]
+    points = lattice(occupied.shape[0], bound).reshape(-1, 3)[occupied.reshape(-1)]
     if len(points) == 0:
         return 0.0
     scores = []

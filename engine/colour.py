@@ -16,7 +16,7 @@ import torch
 from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.spatial import cKDTree
 
-from .cameras import Camera, project
+from .cameras import Camera, pixel_indices, project
 from .field import EnvironmentBackground, VoxelField
 from .prior import Prior
 from .raster import Lighting, rasterize, render_textured
@@ -102,8 +102,7 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
         height, width = view.image.shape[:2]
         zbuffer = rasterize(vertices, faces, view.camera, width, height).depth
         xy, depth = project(points, view.camera, width, height)
-        cols, rows = np.floor(xy[:, 0]).astype(int), np.floor(xy[:, 1]).astype(int)
-        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height) & (depth > 0)
+        rows, cols, inside = pixel_indices(xy, depth, width, height)
         visible = np.zeros(len(points), dtype=bool)
         visible[inside] = np.abs(zbuffer[rows[inside], cols[inside]] - depth[inside]) < depth_tolerance
         to_camera = view.camera.position[None] - points
@@ -147,8 +146,7 @@ def view_fidelity(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, text
     errors = []
     for view in views:
         height, width = view.image.shape[:2]
-        rgb, alpha = render_textured(vertices, faces, uvs, texture, view.camera, width, height,
-                                     shading=lighting if lighting is not None else False)
+        rgb, alpha = render_textured(vertices, faces, uvs, texture, view.camera, width, height, shading=lighting)
         both = (alpha > 0.99) & (view.opacity > 0.9)
         if foreground_threshold is not None:
             both &= foreground_mask(view, foreground_threshold, grow=-1)

@@ -271,7 +271,7 @@ def render_textured(
     camera: Camera,
     width: int,
     height: int,
-    shading: bool | Lighting = True,
+    shading: bool | Lighting | None = True,
     background: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ssaa: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -279,7 +279,7 @@ def render_textured(
 
     ``uvs`` is per corner (F, 3, 2) or per vertex (V, 2).  ``shading``: a ``Lighting`` lights the
     albedo, True means ``PREVIEW_LIGHTING`` (albedo * (0.4 + 0.6 * max(0, n . l)),
-    l = normalize(0.4, -0.6, 0.7)), False shows the albedo as is.  ``ssaa`` renders ``ssaa`` times
+    l = normalize(0.4, -0.6, 0.7)), False or None shows the albedo as is.  ``ssaa`` renders ``ssaa`` times
     larger and box-filters down, which antialiases silhouettes.
     """
     vertices = np.asarray(vertices, dtype=np.float64)

@@ -12,6 +12,7 @@ from engine.cameras import CameraConvention, ViewSampler, fit_rig, orbit_camera
 from engine.carve import carve
 from engine.colour import DecodedView, backproject, foreground_mask
 from engine.export import texel_surface_points, unwrap
+from engine.occupancy import lattice
 from engine.prior import Prior
 from engine.prompts import ViewPrompts
 from engine.raster import Lighting, render_silhouette
@@ -35,12 +36,6 @@ def sphere_views(radius: float, azimuths=range(0, 360, 45), elevation=20.0, rim_
         image = np.where(mask[..., None], RED, WHITE)
         views.append(DecodedView(camera, image, mask.astype(float)))
     return views
-
-
-def lattice(resolution: int, bound: float) -> np.ndarray:
-    axis = np.linspace(-bound, bound, resolution)
-    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
-    return np.stack([x, y, z], axis=-1)
 
 
 def test_foreground_mask_is_the_difference_from_the_border_colour():

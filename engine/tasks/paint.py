@@ -33,7 +33,8 @@ from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
 from ..raster import render_textured
-from .generate import check_prompt, config_from_preset, latent_preview, plain_background, colour_cameras, seeded_generator
+from .generate import (check_prompt, colour_cameras, config_from_preset, latent_preview, plain_background,
+                       seeded_generator)
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,8 @@ def preset_config(preset: str = "standard", **overrides) -> PaintConfig:
 @dataclass
 class PaintResult:
     mesh: TexturedMesh  # the input's geometry (user coordinates), UVs and the painted texture
-    preview: np.ndarray  # unlit render of the painted mesh from the first colour view (the rig's
-    # first camera when there is a rig), (H, W, 3) uint8
+    preview: np.ndarray  # render of the painted mesh from the first colour view (the rig's first
+    # camera when there is a rig), lit by the prior's light when the texture is albedo, (H, W, 3) uint8
     timings: dict[str, float]
     colour_error: float  # mean abs RGB error of mesh renders against the decoded views
     final_loss: float
@@ -428,7 +429,7 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
     )
     # Lit as the prior's views were; unlit when the texture carries that lighting already.
     rgb, _ = render_textured(layout.vertices, layout.faces, layout.uvs, texture, cameras[0], 128, 128,
-                             shading=lighting if lighting is not None else False, ssaa=2)
+                             shading=lighting, ssaa=2)
     preview = np.round(rgb * 255).astype(np.uint8)
     timings["colour_s"] = time.perf_counter() - started
     if on_progress is not None:

@@ -21,8 +21,8 @@ from ..meshes import MeshError, MeshInput, Normalisation, validate_mesh
 from ..occupancy import SketchLoss, SketchOccupancy
 from ..prior import Prior
 from ..progress import CancelToken, ProgressCallback
-from .generate import PRESETS, GenerateConfig, config_from_preset, GenerateResult, check_prompt, optimise_field, seeded_generator, \
-    textured_mesh
+from .generate import (PRESETS, GenerateConfig, GenerateResult, check_prompt, config_from_preset, optimise_field,
+                       seeded_generator, textured_mesh)
 
 log = logging.getLogger(__name__)
 
