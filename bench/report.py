@@ -241,11 +241,14 @@ def _section_status(results: dict, name: str) -> str | None:
     return None
 
 
+def _section(results: dict, name: str, title: str, body) -> list[str]:
+    """A report section: its heading, then ``body()`` when the run has its figures, else why not."""
+    missing = _section_status(results, name)
+    return [f"## {title}", ""] + ([missing, ""] if missing else body())
+
+
 def _quality_md(results: dict, plots: dict) -> list[str]:
-    out = ["## Text-to-3D quality", ""]
-    missing = _section_status(results, "quality")
-    if missing:
-        return out + [missing, ""]
+    out = []
     q, settings = results["quality"], results.get("settings") or {}
     out.append(
         f"{q['runs_completed']} assets ({len(q['prompts'])} prompts × seed(s) {', '.join(map(str, q['seeds']))}), "
@@ -346,10 +349,7 @@ def _paint_sketch_md(results: dict) -> list[str]:
 
 
 def _speed_md(results: dict, plots: dict) -> list[str]:
-    out = ["## Speed", ""]
-    missing = _section_status(results, "speed")
-    if missing:
-        return out + [missing, ""]
+    out = []
     s = results["speed"]
     threads = _get(results, "machine", "torch_threads")
     if s.get("per_asset_s"):
@@ -397,10 +397,7 @@ def _speed_md(results: dict, plots: dict) -> list[str]:
 
 
 def _server_md(results: dict) -> list[str]:
-    out = ["## Server", ""]
-    missing = _section_status(results, "server")
-    if missing:
-        return out + [missing, ""]
+    out = []
     s = results["server"]
     setup = s.get("setup", {})
     lat = s["progress_latency_ms"]
@@ -429,10 +426,7 @@ def _slowdown_text(percent: float) -> str:
 
 
 def _gpu_md(results: dict) -> list[str]:
-    out = ["## GPU", ""]
-    missing = _section_status(results, "gpu")
-    if missing:
-        return out + [missing, ""]
+    out = []
     g = results["gpu"]
     if not g.get("available"):
         return out + [f"**No GPU was available for this run**: {g.get('reason', 'CUDA is not available')}. "
@@ -505,11 +499,11 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     if other:
         lines += ["Other bars this run measures:", "",
                   _table(["bar", "goal", "measured", "verdict", "margin", "basis"], _target_rows(other)), ""]
-    lines += _quality_md(results, plots)
+    lines += _section(results, "quality", "Text-to-3D quality", lambda: _quality_md(results, plots))
     lines += _paint_sketch_md(results)
-    lines += _speed_md(results, plots)
-    lines += _server_md(results)
-    lines += _gpu_md(results)
+    lines += _section(results, "speed", "Speed", lambda: _speed_md(results, plots))
+    lines += _section(results, "server", "Server", lambda: _server_md(results))
+    lines += _section(results, "gpu", "GPU", lambda: _gpu_md(results))
     lines += _machine_md(results)
     lines += ["## Reproduce", "", "From the repository root:", "",
               '    pip install -e ".[bench]"', f"    {results.get('command')}", "",
