@@ -6,10 +6,13 @@ any weights on disk. Its images are noise; what it proves is that the plumbing w
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .cameras import CameraConvention
 from .prior import Prior, PriorMetadata
+from .progress import CancelToken, Progress, ProgressCallback
 
 TINY_VOCABULARY = ["a", "an", "of", "red", "green", "blue", "yellow", "cube", "sphere", "chair", "house",
                    "front", "side", "back", "overhead", "view", ",", "photo", "ugly", "blurry"]
@@ -81,3 +84,16 @@ def save_tiny_prior(folder, prediction_type: str = "epsilon", seed: int = 0, wit
     if with_metadata:
         (folder / METADATA_FILE).write_text(json.dumps(tiny_metadata().to_dict(), indent=2))
     return folder
+
+
+def cancel_when(condition: Callable[[Progress], bool]) -> tuple[CancelToken, list[Progress], ProgressCallback]:
+    """A cancel token, the progress events seen, and an ``on_progress`` that records each event and
+    cancels once ``condition(event)`` holds: for checking that a job stops where it should."""
+    token, events = CancelToken(), []
+
+    def on_progress(event: Progress) -> None:
+        events.append(event)
+        if condition(event):
+            token.cancel()
+
+    return token, events, on_progress

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import trimesh
 
-from engine import CancelToken, Cancelled, generate, write_outputs
+from engine import Cancelled, generate, write_outputs
 from engine.colour import DecodedView, backproject
 from engine.export import bake_texture, texel_surface_points
 from engine.raster import render_textured
 from engine.tasks.generate import preset_config
+from engine.testing import cancel_when
 
 
 def small_config(**overrides):
@@ -43,16 +44,10 @@ def test_progress_reports_every_step_with_previews_and_cancel_stops_within_a_ste
     assert steps == [1, 2, 3, 4, 5] and all(e.total == 5 for e in events if e.phase == "optimise")
     assert any(e.preview is not None and e.preview.ndim == 3 for e in events)
 
-    token, seen = CancelToken(), []
-
-    def cancel_at_three(event):
-        seen.append(event.step)
-        if event.step == 3:
-            token.cancel()
-
+    token, seen, cancel_at_three = cancel_when(lambda event: event.step == 3)
     with pytest.raises(Cancelled):
         generate("a red cube", tiny, small_config(steps=50), on_progress=cancel_at_three, cancel=token)
-    assert seen == [1, 2, 3]
+    assert [event.step for event in seen] == [1, 2, 3]
 
 
 def test_empty_prompt_is_refused(tiny):
@@ -86,13 +81,8 @@ def test_backprojection_recovers_the_colours_the_views_show():
 
 
 def test_cancel_after_the_mesh_stage_stops_before_the_colour_stage_ends(tiny):
-    token, phases = CancelToken(), []
-
-    def cancel_on_mesh(event):
-        phases.append(event.phase)
-        if event.phase == "mesh":
-            token.cancel()
-
+    token, seen, cancel_on_mesh = cancel_when(lambda event: event.phase == "mesh")
     with pytest.raises(Cancelled):
         generate("a red cube", tiny, small_config(steps=3), on_progress=cancel_on_mesh, cancel=token)
+    phases = [event.phase for event in seen]
     assert "mesh" in phases and "colour" not in phases

@@ -7,7 +7,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from engine import CancelToken, Cancelled
+from engine import Cancelled
 from engine.cameras import Camera, ViewSampler, look_at
 from engine.mesh_render import ViewPool
 from engine.export import texel_surface_points, unwrap
@@ -16,6 +16,7 @@ from engine.raster import rasterize
 from engine.tasks import paint as paint_module
 from engine.tasks.paint import (PaintConfig, LatentPaint, frame_normalisation, paint, preset_config,
                                 seeded_generator, uv_layout)
+from engine.testing import cancel_when
 from primitive_world.meshes import contract_mesh
 
 CENTRE = np.array([10.0, -5.0, 2.0])
@@ -177,29 +178,17 @@ def test_gradient_reaches_the_latent_texture_and_never_the_prior(tiny):
 
 
 def test_cancel_stops_within_a_step(tiny):
-    token, seen = CancelToken(), []
-
-    def cancel_at_three(event):
-        seen.append((event.phase, event.step))
-        if event.step == 3:
-            token.cancel()
-
+    token, seen, cancel_at_three = cancel_when(lambda event: event.step == 3)
     with pytest.raises(Cancelled):
         paint(user_cube(), "a red cube", tiny, small_config(steps=50), on_progress=cancel_at_three, cancel=token)
-    assert seen == [("optimise", 1), ("optimise", 2), ("optimise", 3)]
+    assert [(event.phase, event.step) for event in seen] == [("optimise", 1), ("optimise", 2), ("optimise", 3)]
 
 
 def test_cancel_during_the_colour_stage(tiny):
-    token, phases = CancelToken(), []
-
-    def cancel_on_colour(event):
-        phases.append(event.phase)
-        if event.phase == "colour":
-            token.cancel()
-
+    token, seen, cancel_on_colour = cancel_when(lambda event: event.phase == "colour")
     with pytest.raises(Cancelled):
         paint(user_cube(), "a red cube", tiny, small_config(steps=2), on_progress=cancel_on_colour, cancel=token)
-    assert phases.count("colour") == 1
+    assert [event.phase for event in seen].count("colour") == 1
 
 
 def test_same_seed_same_texture(tiny):

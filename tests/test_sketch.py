@@ -7,12 +7,13 @@ import torch.nn.functional as F
 import trimesh
 
 import engine.tasks.sketch as sketch_module
-from engine import CancelToken, Cancelled, SketchConfig, orbit_camera, sketch
+from engine import Cancelled, SketchConfig, orbit_camera, sketch
 from engine.field import VoxelField
 from engine.meshes import MeshError, MeshInput
 from engine.occupancy import SketchLoss, SketchOccupancy, lattice, voxel_opacity, winding_numbers
 from engine.tasks.generate import FieldOptimisation, seeded_generator
 from engine.tasks.sketch import preset_config
+from engine.testing import cancel_when
 
 BOUND = 0.75
 
@@ -229,17 +230,11 @@ def test_rig_cameras_are_moved_into_the_frame(tiny, monkeypatch):
 
 
 def test_progress_and_cancel_within_a_step(tiny):
-    token, seen = CancelToken(), []
-
-    def cancel_at_two(event):
-        seen.append((event.phase, event.step))
-        if event.step == 2:
-            token.cancel()
-
+    token, seen, cancel_at_two = cancel_when(lambda event: event.step == 2)
     with pytest.raises(Cancelled):
         sketch(as_input(l_shape()), "a red cube", tiny, small_config(steps=50), on_progress=cancel_at_two,
                cancel=token)
-    assert seen == [("optimise", 1), ("optimise", 2)]
+    assert [(event.phase, event.step) for event in seen] == [("optimise", 1), ("optimise", 2)]
 
 
 @pytest.mark.parametrize("vertices, faces, message", [
