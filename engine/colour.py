@@ -132,8 +132,15 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
 def albedo(colours: np.ndarray, normals: np.ndarray, lighting: Lighting | None) -> np.ndarray:
     """Colours (N, 3) seen under ``lighting`` with the light divided out, for unit ``normals`` (N, 3)
     that face the viewers; as they are without a lighting. Shadowed sides come out as bright as lit
-    ones, so the texture is what a renderer should light."""
-    return colours if lighting is None else colours / lighting.shade(normals)[:, None]
+    ones, so the texture is what a renderer should light.
+
+    Where the division overshoots 1 (a saturated colour on a dim side, or the decoder's error),
+    the whole colour is scaled down by its largest channel rather than clipped per channel:
+    clipping flattens orange (1, 0.55, 0) seen at 0.6 shade into yellow."""
+    if lighting is None:
+        return colours
+    unlit = colours / lighting.shade(normals)[:, None]
+    return unlit / np.maximum(unlit.max(axis=-1, keepdims=True), 1.0)
 
 
 def view_fidelity(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,

@@ -10,7 +10,7 @@ import trimesh
 from engine import generate
 from engine.cameras import CameraConvention, ViewSampler, fit_rig, orbit_camera
 from engine.carve import carve
-from engine.colour import DecodedView, backproject, foreground_mask
+from engine.colour import DecodedView, albedo, backproject, foreground_mask
 from engine.export import texel_surface_points, unwrap
 from engine.occupancy import lattice
 from engine.prior import Prior
@@ -119,14 +119,25 @@ def test_front_and_back_views_name_each_other_as_perp_neg_negatives(tiny):
     assert changed[1] < 1e-4 and changed[0] > 1e-3 and changed[2] > 1e-3
 
 
+def test_albedo_divides_the_light_out_and_keeps_the_hue_where_that_overshoots():
+    lighting = Lighting(direction=(0.0, 0.0, 1.0), ambient=0.4, diffuse=0.6)
+    normals = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # lit fully, at ambient, at ambient
+    colours = np.array([[0.5, 0.25, 0.0], [0.2, 0.1, 0.3], [0.6, 0.33, 0.0]])  # the last is orange in shadow
+    out = albedo(colours, normals, lighting)
+    assert np.allclose(out[0], colours[0]) and np.allclose(out[1], colours[1] / 0.4)
+    # 0.6 / 0.4 = 1.5 would clip to 1 while green reaches 0.825: yellow. Scaled, orange stays orange.
+    assert np.allclose(out[2], [1.0, 0.55, 0.0])
+    assert albedo(colours, normals, None) is colours
+
+
 def test_albedo_texture_is_the_baked_colour_with_the_prior_lighting_divided_out():
     lighting = Lighting()
     lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
     config = dict(steps=4, grid_resolution=24, mesh_resolution=32, texture_size=512)
     lit = generate("a red cube", lit_prior, preset_config("draft", delight=False, **config)).mesh
-    albedo = generate("a red cube", lit_prior, preset_config("draft", **config)).mesh
-    assert np.array_equal(lit.vertices, albedo.vertices)
+    delit = generate("a red cube", lit_prior, preset_config("draft", **config)).mesh
+    assert np.array_equal(lit.vertices, delit.vertices)
     rows, cols, _, normals, _ = texel_surface_points(lit.vertices, lit.faces, lit.uvs, 512)
-    expected = np.clip(lit.texture[rows, cols] / 255.0 / lighting.shade(normals)[:, None], 0, 1)
-    assert np.abs(albedo.texture[rows, cols] / 255.0 - expected).max() < 4 / 255  # 8-bit rounding, over 0.4
-    assert (albedo.texture[rows, cols].astype(int) >= lit.texture[rows, cols]).all()
+    expected = albedo(lit.texture[rows, cols] / 255.0, normals, lighting)
+    assert np.abs(delit.texture[rows, cols] / 255.0 - expected).max() < 4 / 255  # 8-bit rounding, over 0.4
+    assert (delit.texture[rows, cols].astype(int) >= lit.texture[rows, cols]).all()

@@ -284,6 +284,7 @@ def test_v_prediction_prior_and_sjc_paint_too(tiny_v):
 def test_delight_divides_the_priors_light_out_of_the_painted_texture():
     from dataclasses import replace
 
+    from engine.colour import albedo
     from engine.prior import Prior
     from engine.raster import Lighting
     from engine.testing import tiny_components, tiny_metadata
@@ -292,8 +293,8 @@ def test_delight_divides_the_priors_light_out_of_the_painted_texture():
     lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
     mesh = user_cube()
     shaded = paint(mesh, "a red cube", lit_prior, small_config()).mesh
-    albedo = paint(mesh, "a red cube", lit_prior, small_config(delight=True)).mesh
-    rows, cols, points, normals, _ = texel_surface_points(albedo.vertices, albedo.faces, albedo.uvs, 512)
+    delit = paint(mesh, "a red cube", lit_prior, small_config(delight=True)).mesh
+    rows, cols, points, normals, _ = texel_surface_points(delit.vertices, delit.faces, delit.uvs, 512)
     # The cube is closed and wound outward, so the texel normals face the views it was painted from.
-    expected = np.clip(shaded.texture[rows, cols] / 255.0 / lighting.shade(normals)[:, None], 0, 1)
-    assert np.abs(albedo.texture[rows, cols] / 255.0 - expected).max() < 4 / 255
+    expected = albedo(shaded.texture[rows, cols] / 255.0, normals, lighting)
+    assert np.abs(delit.texture[rows, cols] / 255.0 - expected).max() < 4 / 255
