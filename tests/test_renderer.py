@@ -46,3 +46,29 @@ def test_renderer_gradients_reach_the_grid():
     out.features.sum().backward()
     for grid in (field.density, field.features):
         assert grid.grad is not None and grid.grad.abs().sum() > 0
+
+
+def test_field_queries_split_over_threads_give_one_batch_values_and_gradients():
+    import torch.nn.functional as F
+
+    field = VoxelField(8, 4, 0.5)
+    with torch.no_grad():
+        field.density.normal_(generator=torch.Generator().manual_seed(0))
+        field.features.normal_(generator=torch.Generator().manual_seed(1))
+    points = (torch.rand(1001, 3, generator=torch.Generator().manual_seed(2)) * 2 - 1) * 0.5  # odd: padded
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        split = torch.cat([field.query_density(points)[:, None], field.query_features(points)], dim=1)
+        split.pow(2).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    split_grads = [field.density.grad.clone(), field.features.grad.clone()]
+    field.zero_grad()
+    grid = (points / 0.5).view(1, 1, 1, -1, 3)
+    one = lambda g: F.grid_sample(g, grid, mode="bilinear", align_corners=True, padding_mode="border").view(g.shape[1], -1)
+    whole = torch.cat([field.activate_density(one(field.density)).T, one(field.features).T], dim=1)
+    whole.pow(2).sum().backward()
+    assert torch.allclose(split, whole)
+    for a, b in zip(split_grads, [field.density.grad, field.features.grad]):
+        assert torch.allclose(a, b, atol=1e-5)
