@@ -98,22 +98,6 @@ def _call_main(main, argv: list[str]) -> tuple[object, str]:
     return value, buffer.getvalue()
 
 
-def _sync(device: torch.device):
-    # CUDA kernels run asynchronously: without a sync a timer measures the launch, not the work.
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def _median_ms(fn, repeats: int, sync) -> float:
-    samples = []
-    for _ in range(repeats):
-        sync()
-        started = time.perf_counter()
-        fn()
-        sync()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
-
-
 def _summary(values: list[float]) -> dict | None:
     if not values:
         return None
@@ -304,56 +288,37 @@ def run_sketch(prior, cases: list[str] | None, seeds: list[int], overrides: list
 
 
 # ------------------------------------------------------------------------------------------ speed
-def overhead_ratio(prior, config, repeats: int, rounds: int, prompt: str = SCALING_PROMPT) -> dict:
-    """bench/sds_step.py's measurement (SDS step vs the U-Net's CFG forward, interleaved in one
-    process), with device syncs so it is also right on CUDA, for priors that are not on disk."""
-    from engine.tasks.generate import FieldOptimisation
+def timing_config(overrides: list[str]):
+    """The default generate settings with ``overrides``, its steps set high so that every timed
+    step is early in the schedule, as in bench/sds_step.py."""
+    from . import text_to_3d_quality as ttq
 
-    sync = _sync(prior.device)
-    run = FieldOptimisation(prompt, prior, config, torch.Generator().manual_seed(0))
-    size = prior.metadata.latent_size
-    latents = torch.randn(1, prior.latent_channels, size, size, device=prior.device)
-    timestep = torch.tensor([500])
-    cond, uncond = run.prompts.conditional["front"][None], run.prompts.unconditional[None]
-    counter = iter(range(10**9))
+    config = ttq.configure("standard", 0, overrides)
+    config.steps = 10_000
+    return config
 
-    def unet_forward():
-        prior.predict_noise(latents, timestep, cond, uncond, config.guidance.guidance_scale)
 
-    def sds_step():
-        run.step(next(counter))
+def overhead(prior, mode: dict, overrides: list[str]) -> dict:
+    from . import sds_step
 
-    for _ in range(3):  # allocator, kernels' autotuning, first-call dispatch
-        unet_forward()
-        sds_step()
-    unet, step = [], []
-    for _ in range(rounds):
-        unet.append(_median_ms(unet_forward, repeats, sync))
-        step.append(_median_ms(sds_step, repeats, sync))
-    unet_ms, step_ms = statistics.median(unet), statistics.median(step)
-    return {"prior": prior.metadata.name, "device": str(prior.device), "dtype": str(prior.dtype).replace("torch.", ""),
-            "unet_parameters": sum(p.numel() for p in prior.unet.parameters()), "latent_size": size,
-            "grid_resolution": config.grid_resolution, "samples_per_ray": config.samples_per_ray,
-            "unet_cfg_forward_ms": unet_ms, "sds_step_ms": step_ms, "ratio": step_ms / unet_ms,
-            "repeats": repeats, "rounds": rounds}
+    return sds_step.measure(prior, timing_config(overrides), mode["sds_repeats"], mode["sds_rounds"], SCALING_PROMPT)
 
 
 def grid_scaling(prior, grids: list[int], repeats: int, overrides: list[str]) -> list[dict]:
     """Median time of one SDS step at each voxel-grid resolution (the field's cost grows as R^3)."""
     from engine.tasks.generate import FieldOptimisation
 
-    from . import text_to_3d_quality as ttq
+    from . import sds_step
 
-    sync = _sync(prior.device)
+    sync = sds_step.device_sync(prior.device)
     rows = []
     for grid in grids:
-        config = ttq.configure("standard", 0, [*overrides, f"grid_resolution={grid}"])
-        config.steps = 10_000  # as bench/sds_step.py: keep every timed step early in the schedule
+        config = timing_config([*overrides, f"grid_resolution={grid}"])
         run = FieldOptimisation(SCALING_PROMPT, prior, config, torch.Generator().manual_seed(0))
         counter = iter(range(10**9))
         for _ in range(3):
             run.step(next(counter))
-        step_ms = _median_ms(lambda: run.step(next(counter)), repeats, sync)
+        step_ms = sds_step.median_ms(lambda: run.step(next(counter)), repeats, sync)[0]
         rows.append({"grid_resolution": grid, "step_ms": step_ms, "steps_per_s": 1000 / step_ms,
                      "repeats": repeats})
         log.info("grid %3d: %.1f ms per SDS step", grid, step_ms)
@@ -386,20 +351,6 @@ def summarise_speed(quality_runs: list[dict]) -> dict:
         phases[key] = _summary([r["timings"][key] for r in ok if key in r["timings"]])
     return {"per_asset_s": _summary([r["seconds"] for r in ok]), "phases": phases,
             "sds_its_per_s": _summary([r["sds_its_per_s"] for r in ok])}
-
-
-def run_sds_step(model: str | None, threads: int, repeats: int, rounds: int, device: str = "cpu") -> dict:
-    from . import sds_step
-
-    argv = ["sds_step.py", "--threads", str(threads), "--repeats", str(repeats), "--rounds", str(rounds),
-            "--device", device]
-    if model:
-        argv += ["--model", model]
-    try:
-        _, output = _call_main(sds_step.main, argv)
-    finally:
-        torch.set_num_threads(threads)  # it sets the process's thread count itself
-    return json.loads(output)
 
 
 # ----------------------------------------------------------------------------------------- server
@@ -444,13 +395,8 @@ def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) 
                 "reason": f"torch.cuda.is_available() is False on this machine (torch {torch.__version__}, "
                           f"CUDA build: {torch.version.cuda or 'none'})"}
     from engine import load_prior
-    from engine.tasks.generate import preset_config
-
-    from . import text_to_3d_quality as ttq
 
     section = {"available": True, "device_name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
-    config = ttq.configure("standard", 0, overrides)
-    config.steps = 10_000
     try:
         prior = load_prior(model, device="cuda")
     except Exception as exc:
@@ -470,7 +416,7 @@ def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) 
     section["speed"] = summarise_speed(runs)
     section["quality"] = summarise_quality(runs)
     try:
-        section["overhead_embedded"] = overhead_ratio(prior, config, mode["sds_repeats"], mode["sds_rounds"])
+        section["overhead_embedded"] = overhead(prior, mode, overrides)
     except Exception as exc:
         log.exception("CUDA overhead on the embedded prior failed")
         section["overhead_embedded"] = {"error": _error(exc)}
@@ -478,8 +424,7 @@ def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) 
     gc.collect()
     torch.cuda.empty_cache()
     try:
-        section["overhead_sd15_sized"] = overhead_ratio(sd15_sized_prior("cuda"), preset_config("standard", steps=10_000),
-                                                        mode["sds_repeats"], mode["sds_rounds"])
+        section["overhead_sd15_sized"] = overhead(sd15_sized_prior("cuda"), mode, [])
     except Exception as exc:
         log.exception("CUDA overhead on the SD-1.5-sized U-Net failed")
         section["overhead_sd15_sized"] = {"error": _error(exc)}
@@ -596,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         quality_runs = (results["quality"] or {}).get("runs", [])
         figures = summarise_speed(quality_runs)
         for key, fn in (
-            ("overhead", lambda: run_sds_step(args.model, args.threads, mode["sds_repeats"], mode["sds_rounds"])),
+            ("overhead", lambda: overhead(loaded_prior(), mode, overrides)),
             ("grid_scaling", lambda: grid_scaling(loaded_prior(), mode["grids"], mode["grid_repeats"], overrides)),
             ("steps_scaling", lambda: steps_scaling(loaded_prior(), ttq_default_steps(overrides),
                                                     mode["steps_factors"], overrides, quality_runs, out_dir)),

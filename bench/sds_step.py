@@ -17,16 +17,61 @@ from engine.prior import load_prior
 from engine.tasks.generate import FieldOptimisation, preset_config
 
 
-def median_ms(fn, repeats: int) -> tuple[float, float]:
+def device_sync(device: torch.device):
+    # CUDA kernels run asynchronously: without a sync a timer measures the launch, not the work.
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def median_ms(fn, repeats: int, sync=lambda: None) -> tuple[float, float]:
     """Median wall and process-CPU milliseconds per call. CPU time is less disturbed by other
     processes on a busy machine; wall time is what a user waits."""
     wall, cpu = [], []
     for _ in range(repeats):
+        sync()
         started_wall, started_cpu = time.perf_counter(), time.process_time()
         fn()
+        sync()
         wall.append((time.perf_counter() - started_wall) * 1000)
         cpu.append((time.process_time() - started_cpu) * 1000)
     return statistics.median(wall), statistics.median(cpu)
+
+
+def measure(prior, config, repeats: int = 30, rounds: int = 5, prompt: str = "a red cube") -> dict:
+    """One SDS step of ``config`` (its steps set high, so every timed step is early in the
+    schedule) against ``prior``'s batch-2 CFG forward, in ``rounds`` interleaved rounds of
+    ``repeats`` calls each; the medians of the rounds' medians."""
+    sync = device_sync(prior.device)
+    run = FieldOptimisation(prompt, prior, config, torch.Generator().manual_seed(0))
+    size = prior.metadata.latent_size
+    latents = torch.randn(1, prior.latent_channels, size, size, device=prior.device)
+    timestep = torch.tensor([500])
+    cond, uncond = run.prompts.conditional["front"][None], run.prompts.unconditional[None]
+    step_counter = iter(range(10**9))
+
+    def unet_forward():
+        prior.predict_noise(latents, timestep, cond, uncond, config.guidance.guidance_scale)
+
+    def sds_step():
+        run.step(next(step_counter))
+
+    for _ in range(5):  # warm-up: allocator, thread pools, first-call dispatch, CUDA autotuning
+        unet_forward()
+        sds_step()
+    unet_ms, step_ms = [], []
+    for _ in range(rounds):  # interleave so drifting load affects both the same way
+        unet_ms.append(median_ms(unet_forward, repeats, sync))
+        step_ms.append(median_ms(sds_step, repeats, sync))
+    unet_wall, unet_cpu = (statistics.median(column) for column in zip(*unet_ms))
+    step_wall, step_cpu = (statistics.median(column) for column in zip(*step_ms))
+    return {
+        "prior": prior.metadata.name, "device": str(prior.device), "dtype": str(prior.dtype).replace("torch.", ""),
+        "unet_parameters": sum(p.numel() for p in prior.unet.parameters()), "latent_size": size,
+        "method": config.guidance.method, "grid_resolution": config.grid_resolution,
+        "samples_per_ray": config.samples_per_ray, "threads": torch.get_num_threads(),
+        "unet_cfg_forward_ms": unet_wall, "sds_step_ms": step_wall, "ratio": step_wall / unet_wall,
+        "unet_cfg_forward_cpu_ms": unet_cpu, "sds_step_cpu_ms": step_cpu, "cpu_time_ratio": step_cpu / unet_cpu,
+        "repeats": repeats, "rounds": rounds,
+    }
 
 
 def main() -> None:
@@ -41,42 +86,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    prior = load_prior(args.model, device=args.device)
     config = preset_config(args.preset, steps=10_000)
     config.guidance.method = args.method
-    run = FieldOptimisation("a red cube", prior, config, torch.Generator().manual_seed(0))
-    size = prior.metadata.latent_size
-    latents = torch.randn(1, prior.latent_channels, size, size, device=prior.device)
-    timestep = torch.tensor([500])
-    cond, uncond = run.prompts.conditional["front"][None], run.prompts.unconditional[None]
-    step_counter = iter(range(10_000))
-
-    def unet_forward():
-        prior.predict_noise(latents, timestep, cond, uncond, config.guidance.guidance_scale)
-
-    def sds_step():
-        run.step(next(step_counter))
-
-    for _ in range(5):  # warm-up: allocator, thread pools, first-call dispatch
-        unet_forward()
-        sds_step()
-    unet_ms, step_ms = [], []
-    for _ in range(args.rounds):  # interleave so drifting load affects both the same way
-        unet_ms.append(median_ms(unet_forward, args.repeats))
-        step_ms.append(median_ms(sds_step, args.repeats))
-    unet_wall, unet_cpu = (statistics.median(column) for column in zip(*unet_ms))
-    step_wall, step_cpu = (statistics.median(column) for column in zip(*step_ms))
-    params = sum(p.numel() for p in prior.unet.parameters())
-    report = {
-        "prior": prior.metadata.name, "unet_parameters": params, "latent_size": size,
-        "method": args.method, "grid_resolution": config.grid_resolution,
-        "samples_per_ray": config.samples_per_ray, "threads": args.threads, "device": args.device,
-        "unet_cfg_forward_ms": round(unet_wall, 2), "sds_step_ms": round(step_wall, 2),
-        "ratio": round(step_wall / unet_wall, 3),
-        "unet_cfg_forward_cpu_ms": round(unet_cpu, 2), "sds_step_cpu_ms": round(step_cpu, 2),
-        "cpu_time_ratio": round(step_cpu / unet_cpu, 3),
-    }
-    print(json.dumps(report, indent=2))
+    report = measure(load_prior(args.model, device=args.device), config, args.repeats, args.rounds)
+    print(json.dumps({key: round(value, 3) if isinstance(value, float) else value for key, value in report.items()},
+                     indent=2))
 
 
 if __name__ == "__main__":

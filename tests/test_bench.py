@@ -130,3 +130,26 @@ def test_wilson_interval_brackets_the_rate():
     low, high = wilson_interval(3, 4)
     assert 0 < low < 0.75 < high < 1
     assert wilson_interval(0, 0) is None
+
+
+def test_overhead_measurement_times_both_and_reports_their_ratio():
+    from bench import sds_step
+    from engine.prior import Prior
+    from engine.tasks.generate import preset_config
+    from engine.testing import tiny_components, tiny_metadata
+
+    calls = {"forward": 0}
+    prior = Prior(*tiny_components(), metadata=tiny_metadata())
+    forward = prior.unet.forward
+
+    def counted(*args, **kwargs):
+        calls["forward"] += 1
+        return forward(*args, **kwargs)
+
+    prior.unet.forward = counted
+    figures = sds_step.measure(prior, preset_config("draft", grid_resolution=16, steps=10_000), repeats=2, rounds=2)
+    # 5 warm-up pairs, then 2 rounds of 2 calls each of the bare forward and of the SDS step
+    assert calls["forward"] == 2 * (5 + 2 * 2)
+    assert figures["unet_cfg_forward_ms"] > 0 and figures["sds_step_ms"] > 0
+    assert abs(figures["ratio"] - figures["sds_step_ms"] / figures["unet_cfg_forward_ms"]) < 1e-12
+    assert figures["grid_resolution"] == 16 and figures["prior"] == prior.metadata.name
