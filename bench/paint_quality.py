@@ -23,6 +23,7 @@ renders of every case next to it, and exits 1 when a bar fails.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -49,6 +50,8 @@ from primitive_world.render import render as contract_render
 JUDGE_CAMERAS = [orbit_camera(az, el, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
                  for el in (10.0, 35.0) for az in range(0, 360, 45)]
 DOOR_ELEVATION = 15.0
+DOOR_FRONT_CAMERA = orbit_camera(0.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
+DOOR_BACK_CAMERA = orbit_camera(180.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
 DOOR_VISIBLE = 20  # pixels, as primitive_world.evaluate_samples counts a visible door
 TIME_BAR_S = 120.0
 CASES = {
@@ -80,16 +83,24 @@ def judge_colour(mesh) -> dict:
             "median_rgb": np.round(np.median(pixels, axis=0), 3).tolist()}, tiles
 
 
-def judge_door(mesh, shading: bool = False) -> tuple[dict, list[np.ndarray]]:
-    front_camera = orbit_camera(0.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
-    front, _ = render(mesh, front_camera, shading=shading)
-    back, _ = render(mesh, orbit_camera(180.0, DOOR_ELEVATION, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG),
-                     shading=shading)
+@functools.cache
+def _contract_door_region() -> np.ndarray:
+    """Where the contract's door is in the front door view: its rectangle grown by 2 pixels."""
+    return ndimage.binary_dilation(contract_render("house", "green", DOOR_FRONT_CAMERA).door > 0.5, iterations=2)
+
+
+def back_door_pixels(mesh, shading: bool = False) -> int:
+    """Door-coloured pixels in the back door view (a Janus door when DOOR_VISIBLE or more)."""
+    return door_pixels(render(mesh, DOOR_BACK_CAMERA, shading=shading)[0])
+
+
+def judge_door(mesh) -> tuple[dict, list[np.ndarray]]:
+    front, _ = render(mesh, DOOR_FRONT_CAMERA)
+    back, _ = render(mesh, DOOR_BACK_CAMERA)
     counts = {"door_pixels_front": door_pixels(front), "door_pixels_back": door_pixels(back)}
     # Information only, not a bar: how many of the front's door pixels lie where the contract's door
-    # is (its rectangle grown by 2 pixels); everything outside is whitened so door_pixels skips it.
-    where = ndimage.binary_dilation(contract_render("house", "green", front_camera).door > 0.5, iterations=2)
-    in_place = door_pixels(np.where(where[..., None], front, 1.0))
+    # is; everything outside is whitened so door_pixels skips it.
+    in_place = door_pixels(np.where(_contract_door_region()[..., None], front, 1.0))
     counts["door_in_place"] = round(in_place / counts["door_pixels_front"], 3) if counts["door_pixels_front"] else 0.0
     return counts, [front, back]
 

@@ -158,9 +158,8 @@ def quality_run(prior, prompt: str, seed: int, overrides: list[str], workdir: Pa
             row["janus"] = door["door_pixels_back"] >= pq.DOOR_VISIBLE
             # Information, not the target: the texture is albedo, judged as it is above; lit by the
             # contract's light, the back sits in shadow, where dark-red and door-brown pixels blur.
-            lit, _ = pq.judge_door(mesh, shading=True)
-            row["door_pixels_back_lit"] = lit["door_pixels_back"]
-            row["janus_lit"] = lit["door_pixels_back"] >= pq.DOOR_VISIBLE
+            row["door_pixels_back_lit"] = pq.back_door_pixels(mesh, shading=True)
+            row["janus_lit"] = row["door_pixels_back_lit"] >= pq.DOOR_VISIBLE
         except Exception as exc:
             log.exception("the door check of %s failed", glb)
             row["door_error"] = _error(exc)

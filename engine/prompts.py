@@ -39,10 +39,12 @@ class ViewPrompts:
     def view(self, camera: Camera) -> str:
         return view_label(camera.azimuth_deg, camera.elevation_deg, self.prior.metadata.camera.overhead_elevation_deg)
 
-    def for_camera(self, camera: Camera) -> torch.Tensor:
-        return self.conditional[self.view(camera)]
+    def for_camera_with_opposite(self, camera: Camera) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The embedding of the camera's view, and that of the view facing the other way, or None
+        (no view prompts, or no opposite): one view lookup for both, once per optimisation step."""
+        view = self.view(camera)
+        opposite = OPPOSITE_VIEWS.get(view) if self.view_dependent else None
+        return self.conditional[view], None if opposite is None else self.conditional[opposite]
 
     def opposite_for_camera(self, camera: Camera) -> torch.Tensor | None:
-        """The embedding of the view facing the other way, or None (no view prompts, or none opposite)."""
-        opposite = OPPOSITE_VIEWS.get(self.view(camera)) if self.view_dependent else None
-        return None if opposite is None else self.conditional[opposite]
+        return self.for_camera_with_opposite(camera)[1]

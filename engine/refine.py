@@ -45,11 +45,11 @@ def refine_latents(prior: Prior, latents: torch.Tensor, cameras: Sequence[Camera
     last = prior.num_train_timesteps - 1
     timesteps = torch.linspace(config.strength * last, 0, config.steps + 1).round().long()
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    cond = torch.stack([prompts.for_camera(camera) for camera in cameras])
+    pairs = [prompts.for_camera_with_opposite(camera) for camera in cameras]
+    cond = torch.stack([own for own, _ in pairs])
     uncond = prompts.unconditional[None].expand(len(cameras), -1, -1)
     # A view with no opposite gets its own prompt as the negative: its orthogonal part is zero.
-    negative = torch.stack([opposite if (opposite := prompts.opposite_for_camera(camera)) is not None
-                            else prompts.for_camera(camera) for camera in cameras])
+    negative = torch.stack([own if opposite is None else opposite for own, opposite in pairs])
     x = prior.add_noise(latents, noise, timesteps[:1].expand(len(latents)))
     for t, t_next in zip(timesteps[:-1], timesteps[1:]):
         eps = prior.predict_noise(x, t.expand(len(latents)), cond, uncond, config.guidance_scale, negative,

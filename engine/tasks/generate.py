@@ -178,8 +178,8 @@ class FieldOptimisation:
         camera = self.views.camera(step, self.generator)
         out = render(self.field, camera, size, size, config.samples_per_ray, self.background, self.generator)
         latents = out.features[None]
-        score = self.guidance.step(latents, self.prompts.for_camera(camera), self.prompts.unconditional,
-                                   progress, self.generator, self.prompts.opposite_for_camera(camera))
+        cond, opposite = self.prompts.for_camera_with_opposite(camera)
+        score = self.guidance.step(latents, cond, self.prompts.unconditional, progress, self.generator, opposite)
         regular = emptiness_weight(step, self.emptiness_switch, config.emptiness_early, config.emptiness_late) \
             * emptiness_loss(out.weights, config.emptiness_beta)
         regular = regular + config.entropy_weight * progress * opacity_entropy(out.opacity)

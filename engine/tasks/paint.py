@@ -289,9 +289,8 @@ class LatentPaint:
         progress = step / max(self.config.steps - 1, 1)
         fragments = self.views[self.views.index(step, self.generator)]
         latents = render_latent(self.texture, fragments, self.background)[None]
-        camera = fragments.camera
-        score = self.guidance.step(latents, self.prompts.for_camera(camera), self.prompts.unconditional,
-                                   progress, self.generator, self.prompts.opposite_for_camera(camera))
+        cond, opposite = self.prompts.for_camera_with_opposite(fragments.camera)
+        score = self.guidance.step(latents, cond, self.prompts.unconditional, progress, self.generator, opposite)
         self.optimiser.zero_grad(set_to_none=True)
         surrogate_loss(latents, score.gradient).backward()
         self.optimiser.step()
