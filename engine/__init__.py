@@ -17,6 +17,7 @@ from .meshes import MeshError, MeshInput, load_mesh, validate_mesh
 from .outputs import write_outputs
 from .prior import Prior, PriorError, PriorMetadata, load_prior
 from .progress import CancelToken, Cancelled, Progress
+from .tasks import TASKS, preset_config
 from .tasks.generate import GenerateConfig, GenerateResult, generate
 from .tasks.paint import PaintConfig, PaintResult, paint
 from .tasks.sketch import SketchConfig, sketch
@@ -26,5 +27,5 @@ __all__ = [
     "Prior", "PriorError", "PriorMetadata", "load_prior", "CancelToken", "Cancelled", "Progress",
     "MeshError", "MeshInput", "load_mesh", "validate_mesh",
     "GenerateConfig", "GenerateResult", "generate", "PaintConfig", "PaintResult", "paint",
-    "SketchConfig", "sketch",
+    "SketchConfig", "sketch", "TASKS", "preset_config",
 ]

@@ -4,38 +4,20 @@ with a mesh file before the prompt."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+from .config import with_overrides
 from .guidance import METHODS
+from .tasks import PRESET_NAMES, TASKS, Task
 
 DEVICES = ("cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class Task:
-    """One command: the engine task it runs (``engine.tasks.<name>``, with ``<name>()`` and
-    ``preset_config()``) and whether it starts from a mesh file."""
-
-    name: str
-    help: str
-    takes_mesh: bool
-
-    def module(self):
-        return importlib.import_module(f"{__package__}.tasks.{self.name}")
-
-
-TASKS = {task.name: task for task in (
-    Task("generate", "text to a UV-textured GLB", takes_mesh=False),
-    Task("paint", "paint a texture onto a mesh from the prompt, keeping its shape (Latent-Paint)", takes_mesh=True),
-    Task("sketch", "refine a rough mesh into a textured prop from the prompt (Sketch-Shape)", takes_mesh=True),
-)}
+# The command-line option that sets each config setting, for error messages.
+OPTIONS = {"seed": "--seed", "negative_prompt": "--negative", "steps": "--steps",
+           "guidance.method": "--method", "guidance.guidance_scale": "--guidance"}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -45,19 +27,22 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-def add_common_options(command: argparse.ArgumentParser) -> None:
-    """The output and the options every task shares."""
+def add_common_options(command: argparse.ArgumentParser, task: Task) -> None:
+    """The output and the options every task shares; the help gives the task's own defaults."""
+    standard = task.config("standard")
+    steps = ", ".join(f"{name} {task.config(name).steps}" for name in PRESET_NAMES)
     command.add_argument("-o", "--output", required=True, help="the .glb to write; .obj/.mtl/.png and "
                          "a _preview.png go beside it")
     command.add_argument("--model", help="diffusers Stable Diffusion folder or cached Hugging Face id "
                          "(default: the embedded Primitive World prior)")
     command.add_argument("--preset", default="standard",
                          help="draft, standard or high (default standard); sd for a Stable Diffusion model")
-    command.add_argument("--steps", type=int, help="optimisation steps (default: the preset's)")
+    command.add_argument("--steps", type=int, help=f"optimisation steps (default: the preset's: {steps})")
     command.add_argument("--seed", type=int, default=0, help="random seed; same seed, same asset (default 0)")
-    command.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 100)")
+    command.add_argument("--guidance", type=float, help="classifier-free guidance scale (default "
+                         f"{standard.guidance.guidance_scale:g} with the standard preset)")
     command.add_argument("--negative", default="", help="negative prompt")
-    command.add_argument("--method", default="sds", help=f"score estimator: {' or '.join(METHODS)}")
+    command.add_argument("--method", default="sds", help=f"score estimator: {' or '.join(METHODS)} (default sds)")
     command.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     command.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
 
@@ -71,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("mesh", help="the mesh file (glb, gltf, obj, ply, stl or off), in Blender "
                                  "axes except glTF, which is Y-up")
         command.add_argument("prompt", help='what to make, e.g. "a red cube"')
-        add_common_options(command)
+        add_common_options(command, task)
     return parser
 
 
@@ -95,17 +80,12 @@ def _check_output(parser: argparse.ArgumentParser, output: str) -> Path:
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Everything that can be checked before minutes of optimisation is checked here."""
+    """What the command line alone decides is checked here, before any work; the task's settings
+    are checked by its config (``task_config``), as the server's are."""
     import torch
 
     if not args.prompt.strip():
         parser.error("the prompt is empty")
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be a positive number of steps, got {args.steps}")
-    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance > 0):
-        parser.error(f"--guidance must be a positive number, got {args.guidance}")
-    if args.method not in METHODS:
-        parser.error(f"unknown --method {args.method!r}; use {' or '.join(METHODS)}")
     if args.device not in DEVICES:
         parser.error(f"unknown --device {args.device!r}; use cpu or cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -123,18 +103,22 @@ def load_input_mesh(parser: argparse.ArgumentParser, path: str):
         parser.error(str(error) if Path(path).name in str(error) else f"{path}: {error}")
 
 
-def task_config(parser: argparse.ArgumentParser, args: argparse.Namespace, module):
-    """The task's preset with the command line's overrides; an unknown preset is a bad argument."""
-    overrides = {"seed": args.seed, "negative_prompt": args.negative}
-    if args.steps is not None:
-        overrides["steps"] = args.steps
+def task_config(parser: argparse.ArgumentParser, args: argparse.Namespace, task: Task):
+    """The task's preset with the command line's settings; a value the config refuses is a bad
+    argument, named by its option."""
     try:
-        config = module.preset_config(args.preset, **overrides)
+        config = task.config(args.preset)
     except ValueError as error:
         parser.error(str(error))
-    config.guidance.method = args.method
-    if args.guidance is not None:
-        config.guidance.guidance_scale = args.guidance
+    settings = {"seed": args.seed, "negative_prompt": args.negative, "guidance.method": args.method,
+                "steps": args.steps, "guidance.guidance_scale": args.guidance}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        try:
+            config = with_overrides(config, {key: value})
+        except ValueError as error:
+            parser.error(f"{OPTIONS[key]}: {error}")
     return config
 
 
@@ -163,15 +147,14 @@ def run_task(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .prior import PriorError, load_prior
 
     task = TASKS[args.command]
-    module = task.module()
+    config = task_config(parser, args, task)
     inputs = [load_input_mesh(parser, args.mesh)] if task.takes_mesh else []  # before minutes of model loading
-    config = task_config(parser, args, module)
     try:
         prior = load_prior(args.model, device=args.device)
     except PriorError as error:
         parser.error(str(error))
     bar = ProgressBar(config.steps)
-    result = getattr(module, task.name)(*inputs, args.prompt, prior, config, on_progress=bar)
+    result = task.run(*inputs, args.prompt, prior, config, on_progress=bar)
     bar.close()
     written = write_outputs(result.mesh, args.output)
     print(f"wrote {', '.join(str(p) for p in written)}")

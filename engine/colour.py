@@ -13,17 +13,37 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.spatial import cKDTree
 
 from .cameras import Camera, pixel_indices, project
+from .config import TEXTURE_SIZE_RANGE, check_int, check_number
 from .field import EnvironmentBackground, VoxelField
 from .prior import Prior
 from .raster import Lighting, rasterize, render_textured
+from .refine import RefineConfig
 from .renderer import render
 
-
 MAX_FILL_SOURCES = 20_000
+
+
+@dataclass(frozen=True)
+class ColourConfig:
+    """The colour stage of a field task: which views are decoded, and the texture baked from them."""
+
+    view_azimuths: int = 8  # per ring; two rings, plus the rig
+    refine: RefineConfig = RefineConfig(strength=0.3)
+    # Colour difference from a decoded view's background that counts as object: the pixels that may
+    # colour the surface, and the masks the surface stage follows.
+    foreground_threshold: float = 0.1
+    texture_size: int = 1024
+    delight: bool = True  # albedo texture: the prior's known light (PriorMetadata.lighting) divided out
+
+    def __post_init__(self) -> None:
+        check_int("colour.view_azimuths", self.view_azimuths, 1, 64)
+        check_number("colour.foreground_threshold", self.foreground_threshold, 0, 1)
+        check_int("colour.texture_size", self.texture_size, *TEXTURE_SIZE_RANGE)
 
 
 @dataclass
@@ -72,6 +92,22 @@ def foreground_mask(view: DecodedView, threshold: float, grow: int = 0) -> np.nd
     if grow > 0:
         return binary_dilation(mask, square, iterations=grow)
     return binary_erosion(mask, square, iterations=-grow) if grow < 0 else mask
+
+
+def inside_colours(view: DecodedView, edge_px: int) -> DecodedView:
+    """The view with every pixel within ``edge_px`` of the silhouette known from its ``opacity``
+    (and the background) given the colour of the nearest pixel well inside the object.
+
+    For views of a known mesh, whose coverage is exact: back-projection then never samples the
+    VAE's blend of object and background at silhouettes. Views of a field, whose outline is only
+    known from the decoded colours, skip such pixels instead (``backproject``'s threshold)."""
+    inside = view.opacity > 0.999
+    if edge_px > 0:
+        inside = ndimage.binary_erosion(inside, iterations=edge_px)
+    if not inside.any():
+        return view
+    _, (rows, cols) = ndimage.distance_transform_edt(~inside, return_indices=True)
+    return DecodedView(view.camera, view.image[rows, cols], view.opacity)
 
 
 def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:

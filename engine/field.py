@@ -10,10 +10,37 @@ negligible, which is most of the saving on a CPU.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .config import GRID_RESOLUTION_RANGE, check_int, check_number
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """The voxel field and its optimiser."""
+
+    grid_resolution: int = 32  # coarse grids move shape faster under noisy score distillation
+    samples_per_ray: int = 64
+    learning_rate: float = 0.05  # density logits and background
+    # Features ramp up from a tenth of their rate over the first ``feature_warmup`` of the run: colours
+    # that learn as fast as density let the prior paint unwanted blob the background's colour.
+    feature_learning_rate: float = 0.03
+    feature_warmup: float = 0.5
+    blob_strength: float = 10.0
+    blob_radius: float = 0.42  # as a fraction of the scene bound
+
+    def __post_init__(self) -> None:
+        check_int("field.grid_resolution", self.grid_resolution, *GRID_RESOLUTION_RANGE)
+        check_int("field.samples_per_ray", self.samples_per_ray, 4, 1024)
+        check_number("field.learning_rate", self.learning_rate, 0, 10, low_open=True)
+        check_number("field.feature_learning_rate", self.feature_learning_rate, 0, 10)
+        check_number("field.feature_warmup", self.feature_warmup, 0, 1)
+        check_number("field.blob_strength", self.blob_strength, 0, 1e3)
+        check_number("field.blob_radius", self.blob_radius, 0, 1, low_open=True)
 
 
 class VoxelField(nn.Module):

@@ -16,11 +16,11 @@ The timestep is drawn uniformly from a t-range whose upper end can anneal down o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from .config import GUIDANCE_SCALE_RANGE, check_choice, check_int, check_number
 from .prior import Prior
 
 WEIGHTINGS = {
@@ -31,7 +31,7 @@ WEIGHTINGS = {
 METHODS = ("sds", "sjc")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GuidanceConfig:
     method: str = "sds"
     guidance_scale: float = 100.0
@@ -45,18 +45,15 @@ class GuidanceConfig:
     perp_neg_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown guidance method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
-        if not (math.isfinite(self.guidance_scale) and self.guidance_scale > 0):
-            raise ValueError(f"guidance_scale must be a positive number, got {self.guidance_scale}")
-        if not 0 <= self.t_min < min(self.t_max, self.t_max_final) <= 1:
+        check_choice("guidance method", self.method, METHODS)
+        check_choice("weighting", self.weighting, tuple(WEIGHTINGS))
+        check_number("guidance_scale", self.guidance_scale, *GUIDANCE_SCALE_RANGE)
+        for name in ("t_min", "t_max", "t_max_final"):
+            check_number(name, getattr(self, name), 0, 1)
+        if not self.t_min < min(self.t_max, self.t_max_final):
             raise ValueError("need 0 <= t_min < t_max, t_max_final <= 1")
-        if self.paas_samples < 1:
-            raise ValueError("paas_samples must be at least 1")
-        if not (math.isfinite(self.perp_neg_weight) and self.perp_neg_weight >= 0):
-            raise ValueError(f"perp_neg_weight must be a non-negative number, got {self.perp_neg_weight}")
+        check_int("paas_samples", self.paas_samples, 1, 64)
+        check_number("perp_neg_weight", self.perp_neg_weight, 0, 100)
 
 
 @dataclass

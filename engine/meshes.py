@@ -110,3 +110,29 @@ class Normalisation:
         c2w = np.array(camera.c2w, dtype=np.float64)
         c2w[:3, 3] = self.to_frame(c2w[:3, 3])
         return Camera(c2w, camera.fov_y_deg)
+
+
+def surface_rms_radius(vertices: np.ndarray, faces: np.ndarray, centre: np.ndarray) -> float:
+    """Root-mean-square distance of the surface from ``centre``, by area (exact per triangle)."""
+    a, b, c = (vertices[faces[:, k]] - centre for k in range(3))
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    second_moment = (np.einsum("ij,ij->i", a, a) + np.einsum("ij,ij->i", b, b) + np.einsum("ij,ij->i", c, c)
+                     + np.einsum("ij,ij->i", a, b) + np.einsum("ij,ij->i", b, c) + np.einsum("ij,ij->i", c, a)) / 6
+    total = area.sum()
+    return float(np.sqrt((second_moment * area).sum() / total)) if total > 0 else 0.0
+
+
+def frame_normalisation(vertices: np.ndarray, faces: np.ndarray, half_extent: float,
+                        max_rms_radius: float | None = None) -> Normalisation:
+    """The user -> prior frame map of a mesh: its bounding box centred and scaled so that its largest
+    half-extent is at most ``half_extent`` and, when ``max_rms_radius`` is given, the surface's
+    RMS radius (``surface_rms_radius``) at most that. Only the vertices that faces use count.
+
+    The box alone misjudges how big a finished object looks to a prior: a cube fills its box far
+    more than a sphere does. A sketch is a blockout of the object's box, so it uses the box alone.
+    """
+    box = Normalisation.fit(vertices[np.unique(faces)], half_extent)
+    if max_rms_radius is None:
+        return box
+    spread = surface_rms_radius(vertices, faces, box.centre) / max_rms_radius
+    return Normalisation(box.centre, max(box.scale, spread))

@@ -18,9 +18,6 @@ import torch
 from .cameras import CameraConvention
 from .raster import Lighting
 
-# Never touch the network: everything is loaded from disk or the local Hugging Face cache.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "dreamsmith_prior.json"
@@ -233,7 +230,18 @@ def read_metadata(path: Path, latent_size: int | None = None, image_size: int | 
 
 def load_prior(model: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> Prior:
-    """Load a prior from the embedded default, a diffusers folder or a Hugging Face cache id."""
+    """Load a prior from disk; nothing is downloaded.
+
+    Args:
+        model: a diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/,
+            scheduler/, optionally ``dreamsmith_prior.json``), the id of a model already in the
+            local Hugging Face cache, or None for the embedded Primitive World prior.
+        device: where the networks run ("cpu" or "cuda").
+        dtype: the networks' dtype; fp16 on CUDA and fp32 on the CPU when None.
+
+    Raises:
+        PriorError: no usable model at ``model`` (the message says how to get one).
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
     from transformers import AutoTokenizer, CLIPTextModel

@@ -9,18 +9,18 @@ silhouette and the layout, and only the appearance snaps to what the prior would
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from .cameras import Camera
+from .config import check_int, check_number
 from .prior import Prior
 from .prompts import ViewPrompts
 
 
-@dataclass
+@dataclass(frozen=True)
 class RefineConfig:
     strength: float = 0.0  # fraction of the diffusion run to re-noise to; 0 decodes the views as rendered
     steps: int = 4
@@ -28,12 +28,12 @@ class RefineConfig:
     perp_neg_weight: float = 0.0  # Perp-Neg weight of the opposite view's prompt (engine.prior.predict_noise)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.strength < 1.0:
+        check_number("refine strength", self.strength, 0, 1)
+        if self.strength == 1:
             raise ValueError("refine strength must be in [0, 1)")
-        if self.steps < 1 or self.guidance_scale <= 0:
-            raise ValueError("refine needs at least one step and a positive guidance scale")
-        if not (math.isfinite(self.perp_neg_weight) and self.perp_neg_weight >= 0):
-            raise ValueError(f"perp_neg_weight must be a non-negative number, got {self.perp_neg_weight}")
+        check_int("refine steps", self.steps, 1, 1000)
+        check_number("refine guidance_scale", self.guidance_scale, 0, 1000, low_open=True)
+        check_number("perp_neg_weight", self.perp_neg_weight, 0, 100)
 
 
 @torch.no_grad()

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from .config import check_number
+
+
+@dataclass(frozen=True)
+class RegularizerConfig:
+    """Weights per latent pixel, like the score distillation term they balance."""
+
+    emptiness_beta: float = 10.0
+    emptiness_early: float = 2.5
+    emptiness_late: float = 50.0
+    emptiness_switch: float = 0.5  # fraction of the run at which the weight goes up (SJC's K)
+    entropy_weight: float = 0.5
+    center_depth_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("emptiness_beta", "emptiness_early", "emptiness_late", "entropy_weight", "center_depth_weight"):
+            check_number(f"regularizers.{name}", getattr(self, name), 0, 1e6)
+        check_number("regularizers.emptiness_switch", self.emptiness_switch, 0, 1)
+
 
 
 def emptiness_loss(weights: torch.Tensor, beta: float = 10.0) -> torch.Tensor:

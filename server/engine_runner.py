@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from engine import Camera, CancelToken, PriorError, load_prior
 from engine.meshes import MeshError, MeshInput, validate_mesh
-from engine.tasks import generate, paint, sketch
+from engine.tasks import TASKS, Task
 
 from .job_queue import Job
 from .protocol import Code, ProtocolError
@@ -22,28 +20,15 @@ from .settings import StartupError
 
 log = logging.getLogger(__name__)
 
-# Params that map one to one onto the task configs' fields; "preset" picks the defaults they
-# override. The protocol lets through only the ones a kind has (no grid for paint).
-CONFIG_PARAMS = ("steps", "seed", "negative_prompt", "grid_resolution", "mesh_resolution", "texture_size")
-GUIDANCE_PARAMS = ("method", "guidance_scale")
+# The job params that set a task's config, and the setting each sets; "preset" picks the defaults
+# they override. The protocol lets through only the ones a kind has (no grid for paint).
+CONFIG_SETTINGS = {
+    "steps": "steps", "seed": "seed", "negative_prompt": "negative_prompt",
+    "grid_resolution": "field.grid_resolution", "mesh_resolution": "surface.mesh_resolution",
+    "texture_size": "colour.texture_size", "method": "guidance.method", "guidance_scale": "guidance.guidance_scale",
+}
 # How a MeshError's message names the input array it is about ("face indices ..." is faces).
 MESH_FIELD_WORDS = re.compile(r"\b(uvs|faces?|vertices)\b")
-
-
-@dataclass(frozen=True)
-class Task:
-    """How one job kind runs on the engine: its presets and its entry point."""
-
-    preset_config: Callable[..., object]
-    run: Callable[..., object]  # run([mesh,] prompt, prior, config, on_progress=, cancel=, rig=) -> result
-    takes_mesh: bool
-
-
-TASKS = {
-    "generate": Task(generate.preset_config, generate.generate, takes_mesh=False),
-    "paint": Task(paint.preset_config, paint.paint, takes_mesh=True),
-    "sketch": Task(sketch.preset_config, sketch.sketch, takes_mesh=True),
-}
 
 
 @dataclass(frozen=True)
@@ -56,10 +41,9 @@ class PreparedJob:
 
 
 def task_config(task: Task, params: dict):
-    config = task.preset_config(params.get("preset", "standard"),
-                                **{k: params[k] for k in CONFIG_PARAMS if k in params})
-    config.guidance = dataclasses.replace(config.guidance, **{k: params[k] for k in GUIDANCE_PARAMS if k in params})
-    return config
+    """The task's config from a job's params (already checked by the protocol)."""
+    settings = {CONFIG_SETTINGS[key]: value for key, value in params.items() if key in CONFIG_SETTINGS}
+    return task.config(params.get("preset", "standard"), settings)
 
 
 def rig_cameras(cameras: list[dict]) -> tuple[Camera, ...]:

@@ -19,11 +19,11 @@ def run_cli(capsys, *args, command="generate"):
 @pytest.mark.parametrize("args, message", [
     (["", "-o", "{tmp}/a.glb"], "the prompt is empty"),
     (["   ", "-o", "{tmp}/a.glb"], "the prompt is empty"),
-    (["a red cube", "-o", "{tmp}/a.glb", "--steps", "-5"], "--steps must be a positive number"),
+    (["a red cube", "-o", "{tmp}/a.glb", "--steps", "-5"], "--steps: steps must be in [1, 20000]"),
     (["a red cube", "-o", "{tmp}/a.glb", "--steps", "many"], "invalid int value"),
     (["a red cube", "-o", "{tmp}/a.glb", "--device", "tpu"], "unknown --device 'tpu'"),
-    (["a red cube", "-o", "{tmp}/a.glb", "--method", "magic"], "unknown --method 'magic'"),
-    (["a red cube", "-o", "{tmp}/a.glb", "--guidance", "nan"], "--guidance must be a positive number"),
+    (["a red cube", "-o", "{tmp}/a.glb", "--method", "magic"], "--method: unknown guidance method 'magic'"),
+    (["a red cube", "-o", "{tmp}/a.glb", "--guidance", "nan"], "--guidance: guidance_scale must be a finite number"),
     (["a red cube", "-o", "{tmp}/missing/a.glb"], "does not exist"),
     (["a red cube", "-o", "/proc/a.glb"], "cannot write '/proc/a.glb'"),
     (["a red cube", "-o", "{tmp}"], "must be a .glb"),
@@ -121,9 +121,9 @@ def test_bad_meshes_get_one_line_and_exit_2_before_the_prior_loads(capsys, bad_m
 @pytest.mark.parametrize("command", ["paint", "sketch"])
 @pytest.mark.parametrize("args, message", [
     (["{mesh}", "", "-o", "{tmp}/a.glb"], "the prompt is empty"),
-    (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--steps", "0"], "--steps must be a positive number"),
+    (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--steps", "0"], "--steps: steps must be in [1, 20000]"),
     (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--preset", "ultra"], "unknown preset 'ultra'"),
-    (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--method", "magic"], "unknown --method 'magic'"),
+    (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--method", "magic"], "--method: unknown guidance method 'magic'"),
     (["{mesh}", "a red cube", "-o", "{tmp}/a.obj"], "must be a .glb"),
     (["{mesh}", "a red cube", "-o", "{tmp}/a.glb", "--model", "{tmp}/no-such-model"], "no model at"),
     (["a red cube", "-o", "{tmp}/a.glb"], "required: prompt"),

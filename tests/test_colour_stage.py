@@ -17,7 +17,7 @@ from engine.prior import Prior
 from engine.prompts import ViewPrompts
 from engine.raster import Lighting, render_silhouette
 from engine.refine import RefineConfig, refine_latents
-from engine.tasks.generate import preset_config
+from engine.tasks import preset_config
 from engine.testing import tiny_components, tiny_metadata
 
 RED, WHITE = np.array([0.8, 0.1, 0.1]), np.ones(3)
@@ -133,9 +133,9 @@ def test_albedo_divides_the_light_out_and_keeps_the_hue_where_that_overshoots():
 def test_albedo_texture_is_the_baked_colour_with_the_prior_lighting_divided_out():
     lighting = Lighting()
     lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
-    config = dict(steps=4, grid_resolution=24, mesh_resolution=32, texture_size=512)
-    lit = generate("a red cube", lit_prior, preset_config("draft", delight=False, **config)).mesh
-    delit = generate("a red cube", lit_prior, preset_config("draft", **config)).mesh
+    config = {"steps": 4, "field.grid_resolution": 24, "surface.mesh_resolution": 32, "colour.texture_size": 512}
+    lit = generate("a red cube", lit_prior, preset_config("generate", "draft", {"colour.delight": False, **config})).mesh
+    delit = generate("a red cube", lit_prior, preset_config("generate", "draft", config)).mesh
     assert np.array_equal(lit.vertices, delit.vertices)
     rows, cols, _, normals, _ = texel_surface_points(lit.vertices, lit.faces, lit.uvs, 512)
     expected = albedo(lit.texture[rows, cols] / 255.0, normals, lighting)

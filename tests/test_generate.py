@@ -6,12 +6,13 @@ from engine import Cancelled, generate, write_outputs
 from engine.colour import DecodedView, backproject
 from engine.export import bake_texture, texel_surface_points
 from engine.raster import render_textured
-from engine.tasks.generate import preset_config
+from engine.tasks import preset_config
 from engine.testing import cancel_when
 
 
-def small_config(**overrides):
-    return preset_config("draft", **{"steps": 6, "grid_resolution": 24, "mesh_resolution": 40, **overrides})
+def small_config(overrides: dict | None = None):
+    return preset_config("generate", "draft", {"steps": 6, "field.grid_resolution": 24, "surface.mesh_resolution": 40,
+                                               **(overrides or {})})
 
 
 @pytest.mark.parametrize("prior_name", ["tiny", "tiny_v"])
@@ -29,9 +30,9 @@ def test_generate_end_to_end_writes_a_textured_glb(request, tmp_path, prior_name
 
 
 def test_same_seed_same_asset(tiny):
-    first = generate("a blue sphere", tiny, small_config(seed=3))
-    second = generate("a blue sphere", tiny, small_config(seed=3))
-    other = generate("a blue sphere", tiny, small_config(seed=4))
+    first = generate("a blue sphere", tiny, small_config({"seed": 3}))
+    second = generate("a blue sphere", tiny, small_config({"seed": 3}))
+    other = generate("a blue sphere", tiny, small_config({"seed": 4}))
     assert np.array_equal(first.mesh.vertices, second.mesh.vertices)
     assert np.array_equal(first.mesh.texture, second.mesh.texture)
     assert not np.array_equal(first.mesh.texture, other.mesh.texture)
@@ -39,14 +40,14 @@ def test_same_seed_same_asset(tiny):
 
 def test_progress_reports_every_step_with_previews_and_cancel_stops_within_a_step(tiny):
     events = []
-    generate("a red cube", tiny, small_config(steps=5), on_progress=events.append)
+    generate("a red cube", tiny, small_config({"steps": 5}), on_progress=events.append)
     steps = [e.step for e in events if e.phase == "optimise"]
     assert steps == [1, 2, 3, 4, 5] and all(e.total == 5 for e in events if e.phase == "optimise")
     assert any(e.preview is not None and e.preview.ndim == 3 for e in events)
 
     token, seen, cancel_at_three = cancel_when(lambda event: event.step == 3)
     with pytest.raises(Cancelled):
-        generate("a red cube", tiny, small_config(steps=50), on_progress=cancel_at_three, cancel=token)
+        generate("a red cube", tiny, small_config({"steps": 50}), on_progress=cancel_at_three, cancel=token)
     assert [event.step for event in seen] == [1, 2, 3]
 
 
@@ -83,6 +84,6 @@ def test_backprojection_recovers_the_colours_the_views_show():
 def test_cancel_after_the_mesh_stage_stops_before_the_colour_stage_ends(tiny):
     token, seen, cancel_on_mesh = cancel_when(lambda event: event.phase == "mesh")
     with pytest.raises(Cancelled):
-        generate("a red cube", tiny, small_config(steps=3), on_progress=cancel_on_mesh, cancel=token)
+        generate("a red cube", tiny, small_config({"steps": 3}), on_progress=cancel_on_mesh, cancel=token)
     phases = [event.phase for event in seen]
     assert "mesh" in phases and "colour" not in phases

@@ -11,11 +11,13 @@ from engine import Cancelled
 from engine.cameras import Camera, ViewSampler, look_at
 from engine.mesh_render import ViewPool
 from engine.export import texel_surface_points, unwrap
-from engine.meshes import MAX_FACES, MeshError, MeshInput
+from engine.config import with_overrides
+from engine.meshes import MAX_FACES, MeshError, MeshInput, frame_normalisation
 from engine.raster import rasterize
 from engine.tasks import paint as paint_module
-from engine.tasks.paint import (PaintConfig, LatentPaint, frame_normalisation, paint, preset_config,
-                                seeded_generator, uv_layout)
+from engine.tasks import preset_config
+from engine.tasks.common import seeded_generator
+from engine.tasks.paint import PaintConfig, LatentPaint, paint, uv_layout
 from engine.testing import cancel_when
 from primitive_world.meshes import contract_mesh
 
@@ -23,9 +25,10 @@ CENTRE = np.array([10.0, -5.0, 2.0])
 SCALE = 3.0
 
 
-def small_config(**overrides):
-    return preset_config("draft", **{"steps": 4, "latent_texture_size": 16, "view_pool": 6, "init_views": 4,
-                                     "init_iterations": 10, "colour_view_azimuths": 4, **overrides})
+def small_config(overrides: dict | None = None):
+    return preset_config("paint", "draft", {"steps": 4, "texture.size": 16, "texture.view_pool": 6,
+                                            "texture.init_views": 4, "texture.init_iterations": 10,
+                                            "colour.view_azimuths": 4, **(overrides or {})})
 
 
 def user_cube(subdivisions: int = 1) -> MeshInput:
@@ -44,7 +47,7 @@ def user_rig() -> list[Camera]:
 def cube_run(tiny):
     """One paint of the moved cube, with its progress events: (input mesh, result, events)."""
     mesh, events = user_cube(), []
-    result = paint(mesh, "a red cube", tiny, small_config(steps=5), on_progress=events.append)
+    result = paint(mesh, "a red cube", tiny, small_config({"steps": 5}), on_progress=events.append)
     return mesh, result, events
 
 
@@ -89,7 +92,7 @@ def test_user_uvs_are_kept_exactly(tiny):
 
 def test_frame_normalisation_round_trips_and_moves_cameras_with_the_mesh():
     mesh = user_cube()
-    frame = frame_normalisation(mesh.vertices, mesh.faces, 0.45)
+    frame = frame_normalisation(mesh.vertices, mesh.faces, 0.45, 0.45)
     inside = frame.to_frame(mesh.vertices)
     # The contract cube's RMS surface radius is 0.452: it lands at its own size, centred.
     assert np.allclose(inside.min(axis=0), -inside.max(axis=0))
@@ -107,7 +110,7 @@ def test_frame_normalisation_round_trips_and_moves_cameras_with_the_mesh():
 def test_frame_normalisation_fits_the_box_of_a_long_mesh():
     rod = contract_mesh("cube", 0)
     vertices = np.asarray(rod.vertices) * [4.0, 0.2, 0.2]
-    frame = frame_normalisation(vertices, np.asarray(rod.faces), 0.45)
+    frame = frame_normalisation(vertices, np.asarray(rod.faces), 0.45, 0.45)
     assert np.ptp(frame.to_frame(vertices), axis=0).max() / 2 == pytest.approx(0.45)
 
 
@@ -130,7 +133,7 @@ def test_rig_cameras_are_optimised_and_decoded_in_the_frame(tiny, monkeypatch):
     monkeypatch.setattr(paint_module, "colour_cameras", colour_spy)
     mesh, rig = user_cube(), user_rig()
     paint(mesh, "a red cube", tiny, small_config(), rig=rig)
-    frame = frame_normalisation(mesh.vertices, mesh.faces, 0.45)
+    frame = frame_normalisation(mesh.vertices, mesh.faces, 0.45, 0.45)
     [[given]] = samplers
     assert np.allclose(given.position, frame.to_frame(rig[0].position))
     assert np.allclose(given.c2w[:3, :3], rig[0].c2w[:3, :3]) and given.fov_y_deg == rig[0].fov_y_deg
@@ -145,7 +148,7 @@ def test_rig_cameras_are_optimised_and_decoded_in_the_frame(tiny, monkeypatch):
 def test_view_pool_shows_the_rig_every_fourth_step(tiny):
     mesh = user_cube()
     config = small_config()
-    frame = frame_normalisation(mesh.vertices, mesh.faces, config.frame_half_extent)
+    frame = frame_normalisation(mesh.vertices, mesh.faces, config.frame_half_extent, config.frame_half_extent)
     layout = uv_layout(mesh, frame.to_frame(mesh.vertices), config)
     rig = [frame.camera_to_frame(camera) for camera in user_rig()]
     pool = ViewPool(ViewSampler(tiny.metadata.camera, rig), layout.vertices, layout.faces, layout.uvs,
@@ -162,7 +165,7 @@ def test_view_pool_shows_the_rig_every_fourth_step(tiny):
 def test_gradient_reaches_the_latent_texture_and_never_the_prior(tiny):
     mesh = user_cube()
     config = small_config()
-    frame = frame_normalisation(mesh.vertices, mesh.faces, config.frame_half_extent)
+    frame = frame_normalisation(mesh.vertices, mesh.faces, config.frame_half_extent, config.frame_half_extent)
     layout = uv_layout(mesh, frame.to_frame(mesh.vertices), config)
     run = LatentPaint(layout, "a red cube", tiny, config, seeded_generator(0))
     before = run.texture.detach().clone()
@@ -180,21 +183,21 @@ def test_gradient_reaches_the_latent_texture_and_never_the_prior(tiny):
 def test_cancel_stops_within_a_step(tiny):
     token, seen, cancel_at_three = cancel_when(lambda event: event.step == 3)
     with pytest.raises(Cancelled):
-        paint(user_cube(), "a red cube", tiny, small_config(steps=50), on_progress=cancel_at_three, cancel=token)
+        paint(user_cube(), "a red cube", tiny, small_config({"steps": 50}), on_progress=cancel_at_three, cancel=token)
     assert [(event.phase, event.step) for event in seen] == [("optimise", 1), ("optimise", 2), ("optimise", 3)]
 
 
 def test_cancel_during_the_colour_stage(tiny):
     token, seen, cancel_on_colour = cancel_when(lambda event: event.phase == "colour")
     with pytest.raises(Cancelled):
-        paint(user_cube(), "a red cube", tiny, small_config(steps=2), on_progress=cancel_on_colour, cancel=token)
+        paint(user_cube(), "a red cube", tiny, small_config({"steps": 2}), on_progress=cancel_on_colour, cancel=token)
     assert [event.phase for event in seen].count("colour") == 1
 
 
 def test_same_seed_same_texture(tiny):
-    first = paint(user_cube(), "a blue cube", tiny, small_config(seed=3))
-    second = paint(user_cube(), "a blue cube", tiny, small_config(seed=3))
-    other = paint(user_cube(), "a blue cube", tiny, small_config(seed=4))
+    first = paint(user_cube(), "a blue cube", tiny, small_config({"seed": 3}))
+    second = paint(user_cube(), "a blue cube", tiny, small_config({"seed": 3}))
+    other = paint(user_cube(), "a blue cube", tiny, small_config({"seed": 4}))
     assert np.array_equal(first.mesh.texture, second.mesh.texture)
     assert np.array_equal(first.mesh.uvs, second.mesh.uvs)
     assert not np.array_equal(first.mesh.texture, other.mesh.texture)
@@ -224,12 +227,15 @@ def test_uvs_outside_the_texture_are_refused(tiny):
 def test_blank_prompt_and_bad_settings_are_refused(tiny):
     with pytest.raises(ValueError, match="empty"):
         paint(user_cube(), "   ", tiny, small_config())
-    for bad in (dict(steps=0), dict(texture_size=256), dict(learning_rate=-1.0), dict(latent_texture_size=4),
-                dict(frame_half_extent=0.0), dict(colour_view_azimuths=0), dict(view_pool=0)):
-        with pytest.raises(ValueError):
-            PaintConfig(**bad)
+    for key, bad in (("steps", 0), ("steps", 20_001), ("colour.texture_size", 256), ("texture.learning_rate", -1.0),
+                     ("texture.size", 4), ("frame_half_extent", 0.0), ("colour.view_azimuths", 0),
+                     ("texture.view_pool", 0), ("guidance.guidance_scale", float("nan"))):
+        with pytest.raises(ValueError, match=key.split(".")[-1]):
+            with_overrides(PaintConfig(), {key: bad})
     with pytest.raises(ValueError, match="unknown preset"):
-        preset_config("huge")
+        preset_config("paint", "huge")
+    with pytest.raises(ValueError, match="unknown setting 'texture.colour'"):
+        preset_config("paint", "draft", {"texture.colour": 1})
 
 
 def test_contract_meshes_have_the_contracts_dimensions():
@@ -274,8 +280,8 @@ def test_no_seams_where_the_atlas_cuts_a_smooth_surface(tiny):
 def test_v_prediction_prior_and_sjc_paint_too(tiny_v):
     from engine import GuidanceConfig
 
-    config = small_config(guidance=GuidanceConfig(method="sjc", guidance_scale=5.0, paas_samples=2),
-                          view_dependent_prompts=False)
+    config = small_config({"guidance": GuidanceConfig(method="sjc", guidance_scale=5.0, paas_samples=2),
+                           "view_dependent_prompts": False})
     result = paint(user_cube(0), "a green cube", tiny_v, config)
     assert result.mesh.texture.shape == (512, 512, 3) and np.isfinite(result.final_loss)
     assert result.mesh.texture.std() > 0  # painted, not left blank
@@ -293,7 +299,7 @@ def test_delight_divides_the_priors_light_out_of_the_painted_texture():
     lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
     mesh = user_cube()
     shaded = paint(mesh, "a red cube", lit_prior, small_config()).mesh
-    delit = paint(mesh, "a red cube", lit_prior, small_config(delight=True)).mesh
+    delit = paint(mesh, "a red cube", lit_prior, small_config({"colour.delight": True})).mesh
     rows, cols, points, normals, _ = texel_surface_points(delit.vertices, delit.faces, delit.uvs, 512)
     # The cube is closed and wound outward, so the texel normals face the views it was painted from.
     expected = albedo(shaded.texture[rows, cols] / 255.0, normals, lighting)

@@ -1,5 +1,7 @@
 """EngineRunner without sockets: what each job kind's params and arrays become before the job is queued."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -48,17 +50,17 @@ def test_the_runner_runs_all_three_kinds():
 @pytest.mark.parametrize("kind, config_type, arrays", [
     ("generate", GenerateConfig, None), ("paint", PaintConfig, cube_arrays()), ("sketch", SketchConfig, cube_arrays())])
 def test_each_kind_gets_its_own_presets_with_the_params_on_top(kind, config_type, arrays):
-    from engine.tasks import generate, paint, sketch
+    from engine.tasks import preset_config
 
-    presets = {"generate": generate.preset_config, "paint": paint.preset_config, "sketch": sketch.preset_config}
-    draft = presets[kind]("draft")
+    draft = preset_config(kind, "draft")
     job = prepared(kind, arrays, preset="draft", seed=5, negative_prompt="blurry", guidance_scale=7.5, method="sjc")
     config = job.config
     assert type(config) is config_type
-    assert (config.steps, config.texture_size) == (draft.steps, draft.texture_size)  # the kind's own draft
+    assert (config.steps, config.colour.texture_size) == (draft.steps, draft.colour.texture_size)  # the kind's own draft
     assert (config.seed, config.negative_prompt) == (5, "blurry")
     assert (config.guidance.guidance_scale, config.guidance.method) == (7.5, "sjc")
-    assert prepared(kind, arrays, steps=9, texture_size=640).config.steps == 9
+    sized = prepared(kind, arrays, steps=9, texture_size=640).config
+    assert (sized.steps, sized.colour.texture_size) == (9, 640)
     assert job.rig == ()
     assert (job.mesh is None) == (arrays is None)
 
@@ -69,16 +71,17 @@ def test_every_protocol_preset_is_a_preset_of_every_kind(kind, arrays):
 
     for preset in PRESETS:
         assert prepared(kind, arrays, preset=preset).config.steps >= 1, preset
-    # A preset's nested guidance is copied, never shared between jobs.
-    first, second = (prepared(kind, arrays, preset="sd").config for _ in range(2))
-    first.guidance.guidance_scale = 1.0
-    assert second.guidance.guidance_scale == 100.0
+    # Configs are frozen: one job cannot change another's settings, nor a preset's.
+    first = prepared(kind, arrays, preset="sd").config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.guidance.guidance_scale = 1.0
+    assert prepared(kind, arrays, preset="sd").config.guidance.guidance_scale == 100.0
 
 
 def test_shape_params_reach_generate_and_sketch():
     for kind, arrays in (("generate", None), ("sketch", cube_arrays())):
         config = prepared(kind, arrays, grid_resolution=24, mesh_resolution=40).config
-        assert (config.grid_resolution, config.mesh_resolution) == (24, 40)
+        assert (config.field.grid_resolution, config.surface.mesh_resolution) == (24, 40)
 
 
 @pytest.mark.parametrize("kind", ["paint", "sketch"])

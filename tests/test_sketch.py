@@ -11,15 +11,18 @@ from engine import Cancelled, SketchConfig, orbit_camera, sketch
 from engine.field import VoxelField
 from engine.meshes import MeshError, MeshInput
 from engine.occupancy import SketchLoss, SketchOccupancy, lattice, voxel_opacity, winding_numbers
-from engine.tasks.generate import FieldOptimisation, seeded_generator
-from engine.tasks.sketch import preset_config
+from engine.config import with_overrides
+from engine.tasks import preset_config
+from engine.tasks.common import seeded_generator
+from engine.tasks.latent_field import FieldOptimisation
 from engine.testing import cancel_when
 
 BOUND = 0.75
 
 
-def small_config(**overrides):
-    return preset_config("draft", **{"steps": 6, "grid_resolution": 24, "mesh_resolution": 40, **overrides})
+def small_config(overrides: dict | None = None):
+    return preset_config("sketch", "draft", {"steps": 6, "field.grid_resolution": 24, "surface.mesh_resolution": 40,
+                                             **(overrides or {})})
 
 
 def box(low, high) -> trimesh.Trimesh:
@@ -204,7 +207,7 @@ def test_the_output_lands_on_the_sketch_in_its_own_place_and_scale(tiny):
 def test_the_sketch_start_is_what_holds_the_shape_early(tiny):
     """The blob start with no sketch loss gives a round lump, far from the L."""
     sketch_input = as_input(l_shape())
-    blob = sketch(sketch_input, "a red house", tiny, small_config(sketch_init="blob", sketch_weight=0.0))
+    blob = sketch(sketch_input, "a red house", tiny, small_config({"sketch.init": "blob", "sketch.weight": 0.0}))
     out = MeshInput(blob.mesh.vertices.astype(np.float64), blob.mesh.faces.astype(np.int64))
     assert volume_iou(out, sketch_input) < 0.6
 
@@ -223,7 +226,7 @@ def test_rig_cameras_are_moved_into_the_frame(tiny, monkeypatch):
         return original(prompt, prior, config, generator, on_progress, cancel, rig, extra_loss, density_init)
 
     monkeypatch.setattr(sketch_module, "optimise_field", spy)
-    sketch(as_input(shape), "a red cube", tiny, small_config(steps=2), rig=[user_camera])
+    sketch(as_input(shape), "a red cube", tiny, small_config({"steps": 2}), rig=[user_camera])
     (moved,) = seen["rig"]
     np.testing.assert_allclose(moved.position, camera.position * 0.45, atol=1e-9)
     np.testing.assert_allclose(moved.c2w[:3, :3], camera.c2w[:3, :3])
@@ -232,7 +235,7 @@ def test_rig_cameras_are_moved_into_the_frame(tiny, monkeypatch):
 def test_progress_and_cancel_within_a_step(tiny):
     token, seen, cancel_at_two = cancel_when(lambda event: event.step == 2)
     with pytest.raises(Cancelled):
-        sketch(as_input(l_shape()), "a red cube", tiny, small_config(steps=50), on_progress=cancel_at_two,
+        sketch(as_input(l_shape()), "a red cube", tiny, small_config({"steps": 50}), on_progress=cancel_at_two,
                cancel=token)
     assert [(event.phase, event.step) for event in seen] == [("optimise", 1), ("optimise", 2)]
 
@@ -254,23 +257,26 @@ def test_bad_prompts_and_settings_are_refused(tiny):
     with pytest.raises(ValueError, match="empty"):
         sketch(mesh, "   ", tiny, small_config())
     with pytest.raises(ValueError, match="frame_half_extent"):
-        sketch(mesh, "a red cube", tiny, small_config(frame_half_extent=0.8))
-    for bad in (dict(sketch_weight=-1.0), dict(sketch_sigma=0.0), dict(sketch_weight=float("nan")),
-                dict(sketch_init="cone")):
-        with pytest.raises(ValueError):
-            small_config(**bad)
+        sketch(mesh, "a red cube", tiny, small_config({"frame_half_extent": 0.8}))
+    for key, bad in (("sketch.weight", -1.0), ("sketch.sigma", 0.0), ("sketch.weight", float("nan")),
+                     ("sketch.init", "cone")):
+        with pytest.raises(ValueError, match=key.split(".")[-1]):
+            small_config({key: bad})
     with pytest.raises(ValueError, match="unknown preset"):
-        preset_config("ultra")
+        preset_config("sketch", "ultra")
 
 
 def test_presets_keep_the_sketch_defaults():
+    from engine.tasks.sketch import SKETCH_SURFACE
     from engine.tasks.generate import PRESETS
 
-    draft, default = preset_config("draft"), SketchConfig()
+    draft, default = preset_config("sketch", "draft"), SketchConfig()
     assert isinstance(draft, SketchConfig) and draft.steps == PRESETS["draft"]["steps"]
-    # The fields Sketch-Shape sets itself survive every preset, whatever text-to-3D's presets hold.
+    # The surface stages Sketch-Shape turns off stay off under every preset; the resolution follows it.
     for preset in PRESETS:
-        config = preset_config(preset)
-        for name in SketchConfig.__annotations__:
-            assert getattr(config, name) == getattr(default, name), (preset, name)
-    assert preset_config("draft", carve_votes=3).carve_votes == 3
+        config = preset_config("sketch", preset)
+        assert config.sketch == default.sketch and config.frame_half_extent == default.frame_half_extent
+        expected = with_overrides(SKETCH_SURFACE, {"mesh_resolution": config.surface.mesh_resolution})
+        assert config.surface == expected, preset
+    assert preset_config("sketch", "high").surface.mesh_resolution == PRESETS["high"]["surface.mesh_resolution"]
+    assert preset_config("sketch", "draft", {"surface.carve_votes": 3}).surface.carve_votes == 3

@@ -8,7 +8,6 @@ default blob. The mesh that comes out is moved back to the sketch's own place an
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -17,68 +16,76 @@ import numpy as np
 import torch
 
 from ..cameras import Camera
-from ..meshes import MeshError, MeshInput, Normalisation, validate_mesh
+from ..config import check_choice, check_number
+from ..meshes import MeshError, MeshInput, frame_normalisation, validate_mesh
 from ..occupancy import SketchLoss, SketchOccupancy
 from ..prior import Prior
 from ..progress import CancelToken, ProgressCallback
-from .generate import (PRESETS, GenerateConfig, GenerateResult, check_prompt, config_from_preset, optimise_field,
-                       seeded_generator, textured_mesh)
+from ..surface import SurfaceConfig
+from .common import cancel_token, check_prompt, seeded_generator
+from .latent_field import FIELD_PRESETS, FieldTaskConfig, GenerateResult, optimise_field, textured_mesh
 
 log = logging.getLogger(__name__)
 
 SKETCH_INITS = ("sketch", "blob")
 
 
-@dataclass
-class SketchConfig(GenerateConfig):
-    # Per latent pixel, like the regularisers (the grid-mean cross-entropy is O(1) per voxel). On the
-    # embedded prior, a sphere sketched as "a blue cube" keeps volume IoU 0.77 / 0.83 / 0.80 with
-    # the sketch at 10 / 30 / 100 (seed 0; at 3 it swells into the prompt's cube, 0.68); 30 leaves
-    # the prompt visibly squaring it while holding IoU 0.79-0.84 over seeds 0-5, and a cube sketched
-    # as "a red house" at 0.91-0.92 (bench/sketch_quality.py).
-    sketch_weight: float = 30.0
-    # Width, in frame units, of the band around the sketch's surface the loss leaves (mostly) free:
-    # about one field voxel at the default grid (0.048), so the weight is 0.37 one voxel off the
-    # surface and 0.84 two voxels off. 0.1 let the sphere-as-cube case drop to IoU 0.76.
-    sketch_sigma: float = 0.05
-    # The sketch's largest half-extent once in the prior's frame: the prior's objects are about
-    # 0.35-0.45 in half-extent, so a sketch this size is drawn as large as the prior draws things.
+@dataclass(frozen=True)
+class SketchShapeConfig:
+    """How the sketch holds the field (weights per latent pixel, like the regularisers)."""
+
+    weight: float = 30.0  # lower lets the prompt swell the shape away from the sketch (docs/tuning.md)
+    sigma: float = 0.05  # frame units: about one field voxel around the surface is left (mostly) free
+    # "sketch": the density starts as a soft copy of the sketch; "blob": as generate's blob, and only
+    # the loss pulls it towards the sketch.
+    init: str = "sketch"
+
+    def __post_init__(self) -> None:
+        check_number("sketch.weight", self.weight, 0, 1e6)
+        check_number("sketch.sigma", self.sigma, 0, 10, low_open=True)
+        check_choice("sketch.init", self.init, SKETCH_INITS)
+
+
+# The surface as the field holds it: the sketch loss calibrates the field so its voxel opacity crosses
+# 1/2 on the sketch, and the sketch, not the decoded outlines, has the last word on the coarse shape.
+SKETCH_SURFACE = SurfaceConfig(silhouette_fit_steps=0, carve_votes=0, iso_level_choices=(), smoothing=0.0)
+
+
+@dataclass(frozen=True)
+class SketchConfig(FieldTaskConfig):
+    """Text-to-3D's groups, the sketch's own, and a surface stage that keeps the sketch's outline."""
+
+    surface: SurfaceConfig = SKETCH_SURFACE
+    sketch: SketchShapeConfig = SketchShapeConfig()
+    # The sketch's largest half-extent in the prior's frame: about the size the prior draws things.
     frame_half_extent: float = 0.45
-    # "sketch": the density starts as the sketch (a soft copy, as steep as the default blob);
-    # "blob": it starts as the default blob and only the loss pulls it towards the sketch.
-    sketch_init: str = "sketch"
-    # Export settings of text-to-3D that second-guess the field's surface, turned off: here the
-    # cross-entropy calibrates the field so that its voxel opacity crosses 1/2 on the sketch, which
-    # is the iso-level as it is, and the sketch, not the prior's decoded outlines, has the last word
-    # on the coarse shape. Blurring the density moves that surface out by about a voxel (the inside
-    # is saturated: Adam drives the inside logits up at its full step whatever the size of the
-    # saturating gradient); picking the level from, fitting the density to, or carving by the decoded
-    # silhouettes reshapes the sketch into whatever the prior painted on it (a cube sketched as "a
-    # red house" fell from IoU 0.92 to 0.79 with carving on).
-    surface_smoothing: float = 0.0
-    carve_votes: int = 0
-    silhouette_fit_steps: int = 0
-    iso_level_choices: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (math.isfinite(self.sketch_weight) and self.sketch_weight >= 0):
-            raise ValueError("sketch_weight must be a non-negative number")
-        if not (math.isfinite(self.sketch_sigma) and self.sketch_sigma > 0):
-            raise ValueError("sketch_sigma must be a positive number")
-        if not (math.isfinite(self.frame_half_extent) and self.frame_half_extent > 0):
-            raise ValueError("frame_half_extent must be a positive number")
-        if self.sketch_init not in SKETCH_INITS:
-            raise ValueError(f"unknown sketch_init {self.sketch_init!r}; expected one of {', '.join(SKETCH_INITS)}")
+        check_number("frame_half_extent", self.frame_half_extent, 0, 10, low_open=True)
 
 
-def preset_config(preset: str = "standard", **overrides) -> SketchConfig:
-    # A preset trades time for quality; the fields SketchConfig sets itself (the sketch's own and the
-    # export settings it turns off) are not text-to-3D's to change, so a preset's values for them are
-    # dropped. Explicit overrides still win.
-    own = set(SketchConfig.__annotations__)
-    presets = {name: {k: v for k, v in values.items() if k not in own} for name, values in PRESETS.items()}
-    return config_from_preset(SketchConfig, presets, preset, overrides)
+# Text-to-3D's presets, without the surface settings the sketch fixes itself.
+_SKETCH_FIXED = {f"surface.{name}" for name in ("silhouette_fit_steps", "carve_votes", "iso_level_choices",
+                                                 "smoothing")}
+PRESETS = {name: {key: value for key, value in values.items() if key not in _SKETCH_FIXED}
+           for name, values in FIELD_PRESETS.items()}
+
+
+def sketch_loss(vertices: np.ndarray, faces: np.ndarray, prior: Prior,
+                config: SketchConfig) -> tuple[SketchLoss, torch.Tensor | None]:
+    """The sketch's occupancy loss on the field's grid, and the density logits to start from."""
+    bound = prior.metadata.scene_bound
+    occupancy = SketchOccupancy.on_grid(vertices, faces, config.field.grid_resolution, bound)
+    if not occupancy.inside.any():
+        raise MeshError("the sketch encloses no volume at the field's resolution; Sketch-Shape needs a "
+                        "closed (or nearly closed) shape")
+    loss = SketchLoss(occupancy, config.sketch.weight, config.sketch.sigma, prior.device)
+    if config.sketch.init != "sketch":
+        return loss, None
+    # The blob's slope (logits per unit of distance), so the start is as soft as generate's.
+    slope = config.field.blob_strength / (config.field.blob_radius * bound)
+    return loss, torch.as_tensor(occupancy.density_logits(slope), dtype=torch.float32, device=prior.device)
 
 
 def sketch(mesh: MeshInput, prompt: str, prior: Prior, config: SketchConfig | None = None,
@@ -86,40 +93,38 @@ def sketch(mesh: MeshInput, prompt: str, prior: Prior, config: SketchConfig | No
            rig: Sequence[Camera] = ()) -> GenerateResult:
     """A coarse mesh + a prompt -> UV-textured mesh shaped like the sketch, in the sketch's coordinates.
 
-    ``mesh``: the sketch in any place and scale (Blender axes); it need not be watertight.
-    ``rig``: cameras in the sketch's coordinates, always among the optimised and decoded views."""
+    Args:
+        mesh: the sketch in any place and scale (Blender axes); it need not be watertight.
+        prompt: what to make of it, e.g. "a red house".
+        prior: the 2D diffusion prior (``load_prior()``).
+        config: the settings; the "standard" preset when None.
+        on_progress: as for ``generate``.
+        cancel: set from any thread to stop within one step.
+        rig: cameras in the sketch's coordinates, always among the optimised and decoded views.
+
+    Raises:
+        MeshError: a sketch that is not a usable mesh or encloses no volume.
+    """
     config = config or SketchConfig()
     check_prompt(prompt)
+    cancel = cancel_token(cancel)
     mesh = validate_mesh(mesh.vertices, mesh.faces, mesh.uvs)
     bound = prior.metadata.scene_bound
     if config.frame_half_extent >= bound:
         raise ValueError(f"frame_half_extent {config.frame_half_extent} must be smaller than the "
                          f"prior's scene bound {bound}")
-    # Fitted on the vertices the faces use: stray unreferenced vertices would otherwise shrink the sketch.
-    used = mesh.vertices[np.unique(mesh.faces)]
-    frame = Normalisation.fit(used, config.frame_half_extent)
-    vertices = frame.to_frame(mesh.vertices)
+    frame = frame_normalisation(mesh.vertices, mesh.faces, config.frame_half_extent)
     frame_rig = [frame.camera_to_frame(camera) for camera in rig]
 
     started = time.perf_counter()
-    occupancy = SketchOccupancy.on_grid(vertices, mesh.faces, config.grid_resolution, bound)
-    if not occupancy.inside.any():
-        raise MeshError("the sketch encloses no volume at the field's resolution; Sketch-Shape needs a "
-                        "closed (or nearly closed) shape")
-    loss = SketchLoss(occupancy, config.sketch_weight, config.sketch_sigma, prior.device)
-    density_init = None
-    if config.sketch_init == "sketch":
-        # The blob's slope (logits per unit of distance), so the start is as soft as generate's.
-        slope = config.blob_strength / (config.blob_radius * bound)
-        density_init = torch.as_tensor(occupancy.density_logits(slope), dtype=torch.float32,
-                                       device=prior.device)
+    loss, density_init = sketch_loss(frame.to_frame(mesh.vertices), mesh.faces, prior, config)
     timings = {"sketch_s": time.perf_counter() - started}
 
-    generator = seeded_generator(config.seed)
     started = time.perf_counter()
-    run = optimise_field(prompt, prior, config, generator, on_progress, cancel, frame_rig, loss, density_init)
+    run = optimise_field(prompt, prior, config, seeded_generator(config.seed), on_progress, cancel, frame_rig,
+                         loss, density_init)
     timings["optimise_s"] = time.perf_counter() - started
-    result = textured_mesh(run, config, on_progress, cancel, timings)
+    result = textured_mesh(run, on_progress, cancel, timings)
     out = result.mesh
     result = replace(result, mesh=replace(out, vertices=frame.to_user(out.vertices).astype(np.float32)))
     log.info("sketched %r: %d vertices, %d faces, colour error %.3f, %s", prompt, len(out.vertices),

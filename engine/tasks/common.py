@@ -1,0 +1,77 @@
+"""What every task shares: the step loop with progress, previews and cancel; prompt checks; a local
+seeded generator; the colour stage's cameras; and latents of plain colours."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..cameras import Camera
+from ..field import EnvironmentBackground
+from ..prior import Prior
+from ..progress import CancelToken, Progress, ProgressCallback
+
+PREVIEWS_PER_RUN = 20
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator of its own: runs are reproducible and the caller's global RNG is left alone."""
+    return torch.Generator().manual_seed(seed)
+
+
+def cancel_token(cancel: CancelToken | None) -> CancelToken:
+    """The caller's token, or one nobody sets, so stages can check it unconditionally."""
+    return cancel if cancel is not None else CancelToken()
+
+
+def latent_preview(prior: Prior, latents: torch.Tensor) -> np.ndarray:
+    """A small RGB picture (H, W, 3) uint8 of one latent image (C, h, w)."""
+    image = prior.decode(latents.detach()[None])[0]
+    return (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+# One optimisation step: (the step's rendered latents (C, h, w), its loss).
+StepFn = Callable[[int], tuple[torch.Tensor, float]]
+
+
+def run_steps(step: StepFn, steps: int, prior: Prior, on_progress: ProgressCallback | None,
+              cancel: CancelToken, preview_every: int = 0) -> None:
+    """Run ``step(0) ... step(steps - 1)``, checking ``cancel`` before each and reporting each to
+    ``on_progress`` as phase "optimise", with a decoded preview every ``preview_every`` steps
+    (0: about ``PREVIEWS_PER_RUN`` per run) and after the last."""
+    preview_every = preview_every or max(1, steps // PREVIEWS_PER_RUN)
+    for index in range(steps):
+        cancel.raise_if_cancelled()
+        latents, loss = step(index)
+        if on_progress is not None:
+            last = index == steps - 1
+            preview = latent_preview(prior, latents) if last or index % preview_every == 0 else None
+            on_progress(Progress("optimise", index + 1, steps, loss, preview))
+
+
+def encoded_colour(prior: Prior, rgb: Sequence[float]) -> torch.Tensor:
+    """The mean latent (C,) of a plain image of one colour."""
+    size = prior.metadata.image_size
+    plain = torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, size, size)
+    return prior.encode(plain).mean(dim=(0, 2, 3))
+
+
+def plain_background(prior: Prior) -> EnvironmentBackground:
+    """The learnable background, starting as the prior's plain background colour when it has one."""
+    rgb = prior.metadata.background_rgb
+    init = encoded_colour(prior, rgb) if rgb is not None else None
+    return EnvironmentBackground(prior.latent_channels, init=init).to(prior.device)
+
+
+def colour_cameras(prior: Prior, azimuths: int, rig: Sequence[Camera] = ()) -> list[Camera]:
+    """Views decoded for the colour stage: two rings inside the prior's elevation range, plus the rig."""
+    low, high = prior.metadata.camera.elevation_deg
+    ring = prior.metadata.camera.ring(azimuths, (low + 0.25 * (high - low), low + 0.75 * (high - low)))
+    return list(rig) + ring
