@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 # The one place the limits live: the CLI and the engine refuse what the server refuses
 # (server/protocol.py repeats them for the add-on, which cannot import the engine; a test keeps them equal).
 MAX_STEPS = 20_000
+MAX_SEED = 2**32 - 1
 GUIDANCE_SCALE_RANGE = (1.0, 1000.0)
 TEXTURE_SIZE_RANGE = (512, 4096)
 GRID_RESOLUTION_RANGE = (8, 128)

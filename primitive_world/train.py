@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,7 @@ VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64),
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     layers_per_block=1, sample_size=C.IMAGE_SIZE,
-    # one group: GroupNorm over all channels keeps the ratios between channels (the object's colour);
-    # one channel per group (16 groups on 16 channels) normalises each channel's contrast away and
-    # the VAE then learns colours far more slowly (measured: brown reconstructions of every colour)
+    # one group: GroupNorm over all channels keeps the ratios between channels (the object's colour)
     norm_num_groups=1,
 )
 OBJECT_LOSS_WEIGHT = 2.0  # extra reconstruction weight on non-background pixels
@@ -60,6 +59,7 @@ SCHEDULER_CONFIG = dict(
 
 
 def text_encoder_config(tokenizer) -> CLIPTextConfig:
+    """A tiny CLIP text encoder sized to the tokenizer's vocabulary and maximum length."""
     return CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN,
         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
@@ -69,6 +69,7 @@ def text_encoder_config(tokenizer) -> CLIPTextConfig:
 
 
 def model_index() -> dict:
+    """model_index.json: what makes the folder load as a ``StableDiffusionPipeline``."""
     import diffusers
 
     return {
@@ -101,19 +102,20 @@ def save_static(out: Path, tokenizer, vae: AutoencoderKL) -> None:
 
 
 def save_models(out: Path, text_encoder, unet, info: dict) -> None:
+    """The trained parts and training.json; called at every checkpoint, so the folder is always loadable."""
     text_encoder.save_pretrained(str(out / "text_encoder"), safe_serialization=True)
     unet.save_pretrained(str(out / "unet"), safe_serialization=True)
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float, final_frac: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay to ``final_frac`` of ``base``."""
     if step < warmup:
         return base * (step + 1) / warmup
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-# ---------------------------------------------------------------------------------------------
 def _fit_steps(step: int, requested: int, elapsed: float, deadline: float | None) -> int:
     """Total steps that fit before ``deadline`` (perf_counter time) at the speed seen so far."""
     if deadline is None or step == 0:
@@ -125,6 +127,7 @@ def _fit_steps(step: int, requested: int, elapsed: float, deadline: float | None
 
 def train_vae(geo, train_idx, val_idx, steps, batch, lr, kl_weight, gen,
               deadline: float | None = None) -> tuple[AutoencoderKL, dict]:
+    """Train the VAE on random (geometry, colour) images; returns it with its step count and validation PSNR."""
     vae = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     n_col = len(C.COLOUR_NAMES)
@@ -155,15 +158,20 @@ def train_vae(geo, train_idx, val_idx, steps, batch, lr, kl_weight, gen,
                      time.perf_counter() - t0)
         step += 1
     vae.eval()
-    with torch.no_grad():
-        vidx = val_idx[:256]
-        col = torch.arange(len(vidx)) % n_col
-        x = geo.images(vidx, col)
-        rec = ((vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
-        mse = F.mse_loss(rec, x).item()
-    psnr = 10 * math.log10(1 / max(mse, 1e-12))
+    psnr = vae_validation_psnr(vae, geo, val_idx)
     log.info("vae validation PSNR %.2f dB", psnr)
     return vae, {"val_psnr_db": psnr, "steps": steps}
+
+
+@torch.no_grad()
+def vae_validation_psnr(vae: AutoencoderKL, geo: GeometrySet, val_idx: torch.Tensor) -> float:
+    """Reconstruction PSNR of (up to) 256 held-out geometries, colours cycled, from the posterior mean."""
+    vidx = val_idx[:256]
+    col = torch.arange(len(vidx)) % len(C.COLOUR_NAMES)
+    x = geo.images(vidx, col)
+    rec = ((vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+    mse = F.mse_loss(rec, x).item()
+    return 10 * math.log10(1 / max(mse, 1e-12))
 
 
 @torch.no_grad()
@@ -185,6 +193,7 @@ def cache_latents(vae, geo, batch=256) -> torch.Tensor:
 
 @torch.no_grad()
 def quick_colour_check(prior: Prior, seed: int, steps: int = 20, guidance: float = 5.0) -> float:
+    """Fraction of bare ``a {colour} {shape}`` prompts sampled in the right colour: a cheap progress signal."""
     prompts, colours = [], []
     for colour in C.COLOUR_NAMES:
         for shape in C.SHAPES:
@@ -196,7 +205,50 @@ def quick_colour_check(prior: Prior, seed: int, steps: int = 20, guidance: float
     return float(np.mean(ok))
 
 
-def main(argv=None) -> None:
+# ---- the training script, step by step (main() at the bottom runs them in order) -------------------
+@dataclass
+class Run:
+    """What every step shares: the arguments, the one seeded generator that draws all of training's
+    random numbers, and the training.json record (``info``) that each step adds to."""
+
+    args: argparse.Namespace
+    gen: torch.Generator
+    out: Path
+    info: dict
+    timings: dict[str, float]
+    t_all: float
+    deadline: float | None  # perf_counter time by which --budget-min wants the run done
+
+
+@dataclass
+class Dataset:
+    """The rendered geometry and its seeded train/validation split (indices into ``geo``)."""
+
+    geo: GeometrySet
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+
+
+@dataclass
+class DiffusionParts:
+    """The text encoder and U-Net being trained, their EMA copies (which are what ships), the optimiser
+    over both, and the frozen parts (tokenizer, VAE, scheduler) the colour checks sample with."""
+
+    tokenizer: object
+    vae: AutoencoderKL
+    sched: DDPMScheduler
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    ema_text_encoder: CLIPTextModel
+    ema_unet: UNet2DConditionModel
+    params: list
+    ema_params: list
+    opt: torch.optim.Optimizer
+    loss_weight: torch.Tensor
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Step 0: the command line; every flag's value is recorded in training.json as the recipe."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="engine/priors/primitive-world")
@@ -220,141 +272,230 @@ def main(argv=None) -> None:
                          "retrain reproducibly)")
     ap.add_argument("--vae-budget-frac", type=float, default=0.27)
     ap.add_argument("--cache-dir", default=None, help="cache the rendered geometry here (e.g. runs/cache)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def start_run(args: argparse.Namespace) -> Run:
+    """Step 0: seed every RNG (model initialisation uses torch's global one, training draws use ``gen``)
+    so that a seed fixes the weights, and open the training record."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    out = Path(args.out)
     timings: dict[str, float] = {}
     info = {"recipe": vars(args), "timings_s": timings, "unet_config": UNET_CONFIG, "vae_config": VAE_CONFIG}
     t_all = time.perf_counter()
-
-    # 1. data
-    t0 = time.perf_counter()
     deadline = None if args.budget_min is None else t_all + 60 * args.budget_min
-    geo = None
+    return Run(args, gen, Path(args.out), info, timings, t_all, deadline)
+
+
+def load_or_render_geometry(args: argparse.Namespace) -> GeometrySet:
+    """Rendering dominates a short run; --cache-dir reuses an earlier run's geometry (same seed and cameras)."""
     cache = None
     if args.cache_dir:
         cache = Path(args.cache_dir) / f"geometry_seed{args.seed}_n{args.cameras_per_shape}.pt"
         if cache.exists():
             geo = GeometrySet(**torch.load(cache, weights_only=False))
             log.info("loaded cached geometry %s", cache)
-    if geo is None:
-        geo = make_geometry_set(args.cameras_per_shape, args.seed)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(vars(geo), cache)
-    timings["render_dataset"] = time.perf_counter() - t0
-    perm = torch.randperm(len(geo), generator=gen)
+            return geo
+    geo = make_geometry_set(args.cameras_per_shape, args.seed)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(vars(geo), cache)
+    return geo
+
+
+def build_dataset(run: Run) -> Dataset:
+    """Step 1: the geometry of every training image, and a seeded validation split for the VAE's PSNR."""
+    t0 = time.perf_counter()
+    geo = load_or_render_geometry(run.args)
+    run.timings["render_dataset"] = time.perf_counter() - t0
+    perm = torch.randperm(len(geo), generator=run.gen)
     n_val = max(7, len(geo) // 50)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
-    info["dataset"] = {"geometries": len(geo), "images": len(geo) * len(C.COLOUR_NAMES)}
-    log.info("dataset: %d geometries -> %d images in %.1fs", len(geo), len(geo) * 7, timings["render_dataset"])
+    run.info["dataset"] = {"geometries": len(geo), "images": len(geo) * len(C.COLOUR_NAMES)}
+    log.info("dataset: %d geometries -> %d images in %.1fs", len(geo), len(geo) * 7, run.timings["render_dataset"])
+    return Dataset(geo, train_idx, val_idx)
 
-    # 2. VAE
+
+def fit_vae(run: Run, data: Dataset) -> AutoencoderKL:
+    """Step 2: train the VAE first, on its share (--vae-budget-frac) of what is left of the budget."""
+    args = run.args
     t0 = time.perf_counter()
     vae_deadline = None
-    if deadline is not None:
-        vae_deadline = time.perf_counter() + args.vae_budget_frac * (deadline - time.perf_counter())
-    vae, vae_info = train_vae(geo, train_idx, val_idx, args.vae_steps, args.vae_batch, args.vae_lr,
-                              args.kl_weight, gen, vae_deadline)
-    timings["train_vae"] = time.perf_counter() - t0
-    info["vae"] = vae_info
+    if run.deadline is not None:
+        vae_deadline = time.perf_counter() + args.vae_budget_frac * (run.deadline - time.perf_counter())
+    vae, vae_info = train_vae(data.geo, data.train_idx, data.val_idx, args.vae_steps, args.vae_batch,
+                              args.vae_lr, args.kl_weight, run.gen, vae_deadline)
+    run.timings["train_vae"] = time.perf_counter() - t0
+    run.info["vae"] = vae_info
+    return vae
 
-    # 3. latents
+
+def encode_dataset(run: Run, vae: AutoencoderKL, data: Dataset) -> torch.Tensor:
+    """Step 3: the VAE is frozen from here, so encode every image once; the latents are scaled to unit
+    std over the training split and the VAE's ``scaling_factor`` records it, as in Stable Diffusion."""
     t0 = time.perf_counter()
-    latents = cache_latents(vae, geo)
-    std = latents[train_idx].std().item()
+    latents = cache_latents(vae, data.geo)
+    std = latents[data.train_idx].std().item()
     scaling = 1.0 / std
     vae.register_to_config(scaling_factor=scaling)
     latents *= scaling
-    timings["cache_latents"] = time.perf_counter() - t0
-    info["vae"]["scaling_factor"] = scaling
-    log.info("latent std %.4f -> scaling_factor %.5f (%.1fs)", std, scaling, timings["cache_latents"])
-    tokenizer = build_tokenizer()
-    save_static(out, tokenizer, vae)
+    run.timings["cache_latents"] = time.perf_counter() - t0
+    run.info["vae"]["scaling_factor"] = scaling
+    log.info("latent std %.4f -> scaling_factor %.5f (%.1fs)", std, scaling, run.timings["cache_latents"])
+    return latents
 
-    # 4. text encoder + U-Net
-    t0 = time.perf_counter()
+
+def write_static_parts(run: Run, vae: AutoencoderKL):
+    """Step 4: tokenizer, VAE, scheduler and metadata are final now; writing them before the U-Net trains
+    makes every later checkpoint a complete, loadable prior. Returns the tokenizer."""
+    tokenizer = build_tokenizer()
+    save_static(run.out, tokenizer, vae)
+    return tokenizer
+
+
+def min_snr_loss_weights(sched: DDPMScheduler, gamma: float) -> torch.Tensor:
+    """Per-timestep weight min(SNR, γ) / SNR (min-SNR-γ for ε prediction): low-noise steps stop dominating."""
+    alphas_cumprod = sched.alphas_cumprod
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def build_models(run: Run, tokenizer, vae: AutoencoderKL) -> DiffusionParts:
+    """Step 5: the text encoder and U-Net (initialised in this order from torch's global RNG), their EMA
+    copies and one optimiser over both, since they train jointly."""
+    args = run.args
     text_encoder = CLIPTextModel(text_encoder_config(tokenizer))
     unet = UNet2DConditionModel(cross_attention_dim=TEXT_HIDDEN, **UNET_CONFIG)
     sched = DDPMScheduler(**SCHEDULER_CONFIG)
-    alphas_cumprod = sched.alphas_cumprod
-    snr = alphas_cumprod / (1 - alphas_cumprod)
-    loss_weight = torch.clamp(snr, max=args.min_snr_gamma) / snr  # min-SNR-γ for ε prediction
+    loss_weight = min_snr_loss_weights(sched, args.min_snr_gamma)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     ema_params = list(ema_unet.parameters()) + list(ema_te.parameters())
-    info["params"] = {"unet": sum(p.numel() for p in unet.parameters()),
-                      "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
-                      "vae": sum(p.numel() for p in vae.parameters())}
-    log.info("params %s", info["params"])
-    n_col = len(C.COLOUR_NAMES)
-    checks = []
-    info["colour_checks"] = checks
-    unet.train()
-    text_encoder.train()
+    run.info["params"] = {"unet": sum(p.numel() for p in unet.parameters()),
+                          "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
+                          "vae": sum(p.numel() for p in vae.parameters())}
+    log.info("params %s", run.info["params"])
+    return DiffusionParts(tokenizer, vae, sched, text_encoder, unet, ema_te, ema_unet, params, ema_params,
+                          opt, loss_weight)
+
+
+def draw_batch(run: Run, data: Dataset, latents: torch.Tensor, sched: DDPMScheduler):
+    """One batch: geometry, colour, prompt-mix draw, noise and timestep, drawn from ``run.gen`` in this
+    fixed order (which is what makes a seed reproduce the weights). Returns (prompts, z_t, t, noise)."""
+    args, gen = run.args, run.gen
+    idx = data.train_idx[torch.randint(len(data.train_idx), (args.batch,), generator=gen)]
+    col = torch.randint(len(C.COLOUR_NAMES), (args.batch,), generator=gen)
+    u = torch.rand(args.batch, generator=gen, dtype=torch.float64)
+    prompts = data.geo.prompts(idx, col, u)
+    z0 = latents[idx, col]
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
+    zt = sched.add_noise(z0, noise, t)
+    return prompts, zt, t, noise
+
+
+def train_step(parts: DiffusionParts, prompts: list[str], zt, t, noise) -> torch.Tensor:
+    """Step 6a: one optimiser step of text encoder + U-Net on the min-SNR-weighted ε-prediction loss."""
+    emb = parts.text_encoder(encode(parts.tokenizer, prompts))[0]
+    pred = parts.unet(zt, t, emb).sample
+    per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    loss = (per * parts.loss_weight[t]).mean()
+    parts.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parts.params, 1.0)
+    parts.opt.step()
+    return loss
+
+
+@torch.no_grad()
+def update_ema(parts: DiffusionParts, step: int, ema: float) -> None:
+    """Step 6b: the shipped weights are an EMA; its decay ramps up so early averages don't keep the random init."""
+    decay = min(ema, (1 + step) / (10 + step))
+    for pe, p in zip(parts.ema_params, parts.params):
+        pe.lerp_(p, 1 - decay)
+
+
+def save_checkpoint(run: Run, parts: DiffusionParts, steps_done: int, t_unet: float) -> None:
+    """Step 6c: rewrite the EMA weights and training.json, so an interrupted run still leaves a usable prior."""
+    run.info["steps_done"] = steps_done
+    run.timings["train_unet"] = time.perf_counter() - t_unet
+    save_models(run.out, parts.ema_text_encoder, parts.ema_unet, run.info)
+    log.info("saved checkpoint at step %d to %s", steps_done, run.out)
+
+
+def colour_check(run: Run, parts: DiffusionParts, steps_done: int) -> None:
+    """Step 6d: sample the EMA prior and record its colour accuracy, to watch training converge."""
+    tc = time.perf_counter()
+    prior = Prior(parts.ema_unet, parts.vae, parts.ema_text_encoder, parts.tokenizer, parts.sched,
+                  PriorMetadata.from_dict(C.prior_metadata()))
+    acc = quick_colour_check(prior, run.args.seed)
+    run.info["colour_checks"].append({"step": steps_done, "colour_acc_bare_20ddim": acc})
+    log.info("colour check at step %d: %.1f%% (%.0fs)", steps_done, 100 * acc, time.perf_counter() - tc)
+
+
+def train_unet(run: Run, parts: DiffusionParts, data: Dataset, latents: torch.Tensor, t_unet: float) -> int:
+    """Step 6: train text encoder + U-Net jointly with checkpoints and colour checks; under --budget-min the
+    step count is re-estimated at fixed steps to fit. Returns the number of steps run."""
+    args = run.args
+    run.info["colour_checks"] = []
+    parts.unet.train()
+    parts.text_encoder.train()
     t_loop = time.perf_counter()
     total, step = args.steps, 0
     # leave time for the final save and colour check
-    unet_deadline = None if deadline is None else deadline - 60
+    unet_deadline = None if run.deadline is None else run.deadline - 60
     while step < total:
         if step in (20, 100) or (step > 0 and step % 100 == 0):
             total = _fit_steps(step, args.steps, time.perf_counter() - t_loop, unet_deadline)
         lr = cosine_lr(step, total, args.warmup, args.lr)
-        for g in opt.param_groups:
+        for g in parts.opt.param_groups:
             g["lr"] = lr
-        idx = train_idx[torch.randint(len(train_idx), (args.batch,), generator=gen)]
-        col = torch.randint(n_col, (args.batch,), generator=gen)
-        u = torch.rand(args.batch, generator=gen, dtype=torch.float64)
-        prompts = geo.prompts(idx, col, u)
-        z0 = latents[idx, col]
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
-        zt = sched.add_noise(z0, noise, t)
-        emb = text_encoder(encode(tokenizer, prompts))[0]
-        pred = unet(zt, t, emb).sample
-        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per * loss_weight[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema_params, params):
-                pe.lerp_(p, 1 - decay)
+        loss = train_step(parts, *draw_batch(run, data, latents, parts.sched))
+        update_ema(parts, step, args.ema)
         if step % 50 == 0 or step == total - 1:
             el = time.perf_counter() - t_loop
             log.info("unet step %d/%d loss %.4f lr %.2e %.2fs/step eta %.1f min", step, total, loss.item(),
                      lr, el / (step + 1), el / (step + 1) * (total - step - 1) / 60)
         last = step == total - 1
         if (step + 1) % args.save_every == 0 or last:
-            info["steps_done"] = step + 1
-            timings["train_unet"] = time.perf_counter() - t0
-            save_models(out, ema_te, ema_unet, info)
-            log.info("saved checkpoint at step %d to %s", step + 1, out)
+            save_checkpoint(run, parts, step + 1, t_unet)
         if (step + 1) % args.check_every == 0 or last:
-            tc = time.perf_counter()
-            prior = Prior(ema_unet, vae, ema_te, tokenizer, sched, PriorMetadata.from_dict(C.prior_metadata()))
-            acc = quick_colour_check(prior, args.seed)
-            checks.append({"step": step + 1, "colour_acc_bare_20ddim": acc})
-            log.info("colour check at step %d: %.1f%% (%.0fs)", step + 1, 100 * acc, time.perf_counter() - tc)
+            colour_check(run, parts, step + 1)
         step += 1
-    info["unet_steps"] = total
-    info["retrain_command"] = (
+    return total
+
+
+def finish(run: Run, parts: DiffusionParts, total: int, t_unet: float) -> None:
+    """Step 7: record the step counts actually run (and the command that pins them), write the final
+    weights and training.json, and print a summary."""
+    args = run.args
+    run.info["unet_steps"] = total
+    run.info["retrain_command"] = (
         f"python -m primitive_world.train --seed {args.seed} --out {args.out} "
-        f"--cameras-per-shape {args.cameras_per_shape} --vae-steps {vae_info['steps']} --steps {total}")
-    timings["train_unet"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    save_models(out, ema_te, ema_unet, info)
-    log.info("done: %s", json.dumps(timings))
-    print(json.dumps({"out": str(out), "timings_s": timings}, indent=2))
+        f"--cameras-per-shape {args.cameras_per_shape} --vae-steps {run.info['vae']['steps']} --steps {total}")
+    run.timings["train_unet"] = time.perf_counter() - t_unet
+    run.timings["total"] = time.perf_counter() - run.t_all
+    save_models(run.out, parts.ema_text_encoder, parts.ema_unet, run.info)
+    log.info("done: %s", json.dumps(run.timings))
+    print(json.dumps({"out": str(run.out), "timings_s": run.timings}, indent=2))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    run = start_run(args)
+    data = build_dataset(run)  # 1. render (or load) the geometry, split train/validation
+    vae = fit_vae(run, data)  # 2. train the VAE
+    latents = encode_dataset(run, vae, data)  # 3. cache the scaled latents of every image
+    tokenizer = write_static_parts(run, vae)  # 4. write tokenizer, VAE, scheduler, metadata
+    t_unet = time.perf_counter()
+    parts = build_models(run, tokenizer, vae)  # 5. text encoder + U-Net, EMA copies, optimiser
+    total = train_unet(run, parts, data, latents, t_unet)  # 6. train them, checkpointing
+    finish(run, parts, total, t_unet)  # 7. final weights, training.json, summary
 
 
 if __name__ == "__main__":

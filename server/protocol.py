@@ -80,6 +80,9 @@ MAX_PROMPT_CHARS = 1000
 MAX_STEPS = 20000
 MAX_SEED = 2**32 - 1
 GUIDANCE_RANGE = (1.0, 1000.0)
+TEXTURE_SIZE_RANGE = (512, 4096)
+GRID_RESOLUTION_RANGE = (8, 128)
+MESH_RESOLUTION_RANGE = (8, 256)
 # The engine's own mesh bounds (engine.meshes): a mesh the protocol lets through, the engine takes.
 MAX_VERTICES = 1_000_000
 MAX_FACES = 500_000
@@ -304,12 +307,13 @@ _COMMON_PARAMS = {
     "seed": Opt(Int(0, MAX_SEED)),
     "guidance_scale": Opt(Float(*GUIDANCE_RANGE)),
     "method": Opt(Str(8, choices=METHODS)),
-    "texture_size": Opt(Int(512, 4096)),
+    "texture_size": Opt(Int(*TEXTURE_SIZE_RANGE)),
     # Cameras the result must look right from: world space for paint and sketch, the prop's own
     # frame (the prop at the origin) for generate.
     "cameras": Opt(ListOf(CAMERA, MAX_CAMERAS)),
 }
-_SHAPE_PARAMS = {"grid_resolution": Opt(Int(8, 128)), "mesh_resolution": Opt(Int(8, 256))}
+_SHAPE_PARAMS = {"grid_resolution": Opt(Int(*GRID_RESOLUTION_RANGE)),
+                 "mesh_resolution": Opt(Int(*MESH_RESOLUTION_RANGE))}
 PARAMS = {
     "generate": Map({**_COMMON_PARAMS, **_SHAPE_PARAMS}),
     "paint": Map(_COMMON_PARAMS),  # Latent-Paint keeps the given shape

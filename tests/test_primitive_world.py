@@ -167,3 +167,69 @@ def test_cameras_match_engine_convention():
         theirs = cameras.orbit_camera(az, el, C.CAMERA_DISTANCE, C.FOV_Y_DEG)
         np.testing.assert_allclose(ours.c2w, theirs.c2w, atol=1e-12)
         assert cameras.view_label(az, el, C.OVERHEAD_ELEVATION_DEG) == C.view_of(az, el)
+
+
+# ---- model card ---------------------------------------------------------------------------------
+def _fake_card_inputs(folder: Path, with_eval: bool) -> None:
+    train = {
+        "recipe": {"cameras_per_shape": 17, "vae_batch": 5, "vae_lr": 0.0031, "kl_weight": 2e-06, "batch": 9,
+                   "lr": 0.0007, "warmup": 13, "min_snr_gamma": 4.5, "ema": 0.998},
+        "timings_s": {"render_dataset": 1.0, "train_vae": 600.0, "cache_latents": 30.0, "train_unet": 1200.0},
+        "unet_config": {"block_out_channels": [8, 16, 16]},
+        "vae_config": {"block_out_channels": [4, 8, 12]},
+        "dataset": {"geometries": 119, "images": 833},
+        "vae": {"steps": 321, "val_psnr_db": 31.44, "scaling_factor": 0.54321},
+        "params": {"unet": 1_234_567, "text_encoder": 98_765, "vae": 456_789},
+        "steps_done": 77,
+        "render_dataset_uncached_s": 90.0,
+        "render_dataset_note": "rendered from a cache",
+    }
+    (folder / "training.json").write_text(json.dumps(train))
+    if with_eval:
+        acc = {"colour_acc": 0.5, "shape_acc": 0.25}
+        ev = {
+            "unet_batch2_forward": {"median_ms": 12.34, "min_ms": 11.11},
+            "ground_truth_classifier_baseline": {"colour_acc": 1.0, "shape_acc": 0.875, "n": 42},
+            "sampler": {"steps": 23, "guidance_scale": 6.5, "samples_per_prompt": 3, "seed": 8},
+            "n_samples": 588, "colour_acc": 0.9731, "shape_acc": 0.9412,
+            "per_view": {"front": acc, "overhead": acc}, "per_shape": {"torus": acc},
+            "house_door_visible_rate": {"front": 0.625},
+        }
+        (folder / "eval.json").write_text(json.dumps(ev))
+
+
+def test_model_card_template_renders_every_section(tmp_path):
+    from primitive_world.model_card import render_card
+
+    _fake_card_inputs(tmp_path, with_eval=True)
+    card = render_card(tmp_path)
+    headings = [f"# {C.NAME}: the embedded Primitive World prior", "## Components", "## Training data", "## Recipe",
+                "## Timing", "## Quality", "## Samples", "## Limitations"]
+    positions = [card.index("\n" + h if i else h) for i, h in enumerate(headings)]
+    assert positions == sorted(positions)
+    for expected in (
+        "| unet | `UNet2DConditionModel` (blocks (8, 16, 16)", "| 1.23 M params |", "scaling_factor 0.5432",
+        "- 119 geometry renders (17 uniformly", "→ 833 images", "1. VAE: 321 AdamW steps, batch 5, lr 0.0031",
+        "validation PSNR 31.4 dB", "3. Text encoder + U-Net jointly: 77 AdamW steps, batch 9, lr 0.0007 (warm-up 13",
+        "min-SNR-γ=4.5", "EMA 0.998", "--seed 0 --out engine/priors/primitive-world\n```",
+        "| render dataset | 1.5 min (90 s) (¹) |", "| total | 30.5 min (1831 s) |",
+        "(¹) rendered from a cache; the shipped run's total excludes it.\n\n",
+        "median 12.3 ms, best 11.1 ms", "DDIM 23 steps, guidance 6.5, 3 samples", "(588 samples, seed 8)",
+        "| colour accuracy | **97.3 %** |", "| shape accuracy | **94.1 %** |", "shape 87.5 % (n=42)",
+        "| view | colour | shape |\n| --- | --- | --- |\n| front | 50.0 % | 25.0 % |\n| overhead |",
+        "| shape | colour | shape |\n| --- | --- | --- |\n| torus | 50.0 % | 25.0 % |\n\nHouse door",
+        "front only: front 62.5 %.\n\n## Samples", "![samples](samples.png)\n\n## Limitations",
+    ):
+        assert expected in card, expected
+    assert "$" not in card and "\n\n\n" not in card and card.endswith("light.\n")
+
+
+def test_model_card_without_eval_has_no_quality_section(tmp_path):
+    from primitive_world.model_card import render_card
+
+    _fake_card_inputs(tmp_path, with_eval=False)
+    card = render_card(tmp_path)
+    assert "## Quality" not in card and "## Samples" not in card
+    assert "| total | 30.5 min (1831 s) |\n\n(¹) rendered from a cache; the shipped run's total excludes it.\n\n" \
+           "## Limitations\n" in card
+    assert "$" not in card and "\n\n\n" not in card

@@ -7,6 +7,7 @@ import pytest
 
 from engine import Camera
 from engine.meshes import MeshInput
+from engine.tasks import PRESET_NAMES, TASKS, preset_config
 from engine.tasks.generate import GenerateConfig
 from engine.tasks.paint import PaintConfig
 from engine.tasks.sketch import SketchConfig
@@ -160,3 +161,20 @@ def test_params_a_config_refuses_are_refused_as_params():
             EngineRunner(prior=None).prepare(kind, {"prompt": "a cube", "steps": 0}, arrays)
         assert (refused.value.code, refused.value.field) == (Code.BAD_REQUEST, "params")
         assert "steps" in refused.value.message
+
+
+def test_the_protocol_refuses_exactly_what_the_engine_configs_refuse():
+    """The add-on vendors the protocol without the engine, so the limits are written twice; equal."""
+    from engine import config
+    from server import protocol
+
+    for name in ("MAX_STEPS", "MAX_SEED", "TEXTURE_SIZE_RANGE", "GRID_RESOLUTION_RANGE", "MESH_RESOLUTION_RANGE"):
+        assert getattr(protocol, name) == getattr(config, name), name
+    assert protocol.GUIDANCE_RANGE == config.GUIDANCE_SCALE_RANGE
+    assert set(protocol.PRESETS) == set(PRESET_NAMES)
+    for task in TASKS.values():
+        assert set(task.presets) == set(PRESET_NAMES), task.name
+    for kind, arrays in (("generate", None), ("paint", cube_arrays()), ("sketch", cube_arrays())):
+        assert prepared(kind, arrays, steps=protocol.MAX_STEPS).config.steps == protocol.MAX_STEPS
+        with pytest.raises(ValueError, match="steps"):
+            preset_config(kind, "draft", {"steps": protocol.MAX_STEPS + 1})

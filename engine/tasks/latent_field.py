@@ -19,7 +19,7 @@ import torch
 
 from ..cameras import Camera, ViewSampler
 from ..colour import ColourConfig, DecodedView, albedo, backproject, decode_views, view_fidelity
-from ..config import check_int, check_steps
+from ..config import MAX_SEED, check_int, check_steps
 from ..export import TexturedMesh, bake_texture, unwrap
 from ..field import FieldConfig, VoxelField
 from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
@@ -34,8 +34,6 @@ from ..surface import SurfaceConfig, field_surface
 from .common import colour_cameras, plain_background, run_steps
 
 log = logging.getLogger(__name__)
-
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)

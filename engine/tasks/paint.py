@@ -24,7 +24,7 @@ import trimesh
 
 from ..cameras import Camera, ViewSampler
 from ..colour import DecodedView, albedo, backproject, inside_colours, view_fidelity
-from ..config import TEXTURE_SIZE_RANGE, check_int, check_number, check_steps
+from ..config import MAX_SEED, TEXTURE_SIZE_RANGE, check_int, check_number, check_steps
 from ..export import TexturedMesh, bake_texture, unwrap
 from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
 from ..mesh_render import ViewPool, fragments_for, render_latent
@@ -35,7 +35,6 @@ from ..prompts import ViewPrompts
 from ..raster import render_textured
 from .common import (cancel_token, check_prompt, colour_cameras, encoded_colour, plain_background, run_steps,
                      seeded_generator)
-from .latent_field import MAX_SEED
 
 log = logging.getLogger(__name__)
 
