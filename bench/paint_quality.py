@@ -47,6 +47,8 @@ from primitive_world.evaluate_samples import door_pixels
 from primitive_world.meshes import contract_mesh
 from primitive_world.render import render as contract_render
 
+log = logging.getLogger("bench.paint_quality")
+
 JUDGE_CAMERAS = [orbit_camera(az, el, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
                  for el in (10.0, 35.0) for az in range(0, 360, 45)]
 DOOR_ELEVATION = 15.0
@@ -109,17 +111,24 @@ def configure(preset: str, seed: int, assignments: list[str]):
     return apply_overrides(preset_config(preset, seed=seed), assignments)
 
 
-def run_case(name: str, prior, args) -> dict:
+def run_case(name: str, prior, config, workdir: Path) -> dict:
+    """Paint one of ``CASES``, write its GLB and a sheet of its judge views, and judge it.
+
+    Args:
+        name: a key of ``CASES``.
+        prior: the loaded prior (``engine.load_prior``).
+        config: the PaintConfig (see ``configure``).
+        workdir: an existing folder for ``NAME.glb`` and ``NAME_views.png``.
+    """
     case = CASES[name]
     shape = contract_mesh(case["shape"], case["subdivisions"])
     mesh_input = MeshInput(np.asarray(shape.vertices, dtype=np.float64), np.asarray(shape.faces, dtype=np.int64))
     colour_word = case["prompt"].split()[1]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    result = paint(mesh_input, case["prompt"], prior, configure(args.preset, args.seed, args.set))
+    result = paint(mesh_input, case["prompt"], prior, config)
     seconds = time.perf_counter() - started
     load_after = os.getloadavg()[0]
-    workdir = Path(args.workdir)
     write_outputs(result.mesh, workdir / f"{name}.glb")
     record = {"case": name, "prompt": case["prompt"], "faces": int(len(shape.faces)),
               "seconds": round(seconds, 2), "timings": {k: round(v, 2) for k, v in result.timings.items()},
@@ -139,14 +148,47 @@ def run_case(name: str, prior, args) -> dict:
         record["colour_ok_info"] = colour["colour"] == colour_word
     record["checks"] = checks
     record["passed"] = all(checks.values())
-    sheet = np.concatenate([np.concatenate(tiles[i:i + 8], axis=1) for i in range(0, 16, 8)]
-                           + ([np.concatenate(tiles[16:] + [np.ones_like(tiles[0])] * 6, axis=1)]
-                              if len(tiles) > 16 else []), axis=0)
-    Image.fromarray(np.round(sheet * 255).astype(np.uint8)).save(workdir / f"{name}_views.png")
+    _save_sheet(tiles, workdir / f"{name}_views.png")
     return record
 
 
-def main() -> int:
+def _save_sheet(tiles: list[np.ndarray], path: Path) -> None:
+    """The 16 judge views in two rows of 8, and the two door views (if any) in a third."""
+    sheet = np.concatenate([np.concatenate(tiles[i:i + 8], axis=1) for i in range(0, 16, 8)]
+                           + ([np.concatenate(tiles[16:] + [np.ones_like(tiles[0])] * 6, axis=1)]
+                              if len(tiles) > 16 else []), axis=0)
+    Image.fromarray(np.round(sheet * 255).astype(np.uint8)).save(path)
+
+
+def run_cases(prior, names: list[str], seed: int, preset: str, assignments: list[str], workdir: Path) -> dict:
+    """Every case in ``names`` painted and judged; the script's summary.
+
+    Args:
+        prior: the loaded prior (``engine.load_prior``).
+        names: keys of ``CASES``.
+        seed: the seed of every case.
+        preset: the PaintConfig preset, e.g. "standard".
+        assignments: "FIELD=VALUE" overrides on top of the preset.
+        workdir: an existing folder for the GLBs and view sheets.
+    """
+    records = []
+    for name in names:
+        records.append(run_case(name, prior, configure(preset, seed, assignments), workdir))
+        log.info("%s", case_line(records[-1]))
+    return {"threads": torch.get_num_threads(), "seed": seed, "preset": preset, "overrides": assignments,
+            "cpu_count": os.cpu_count(), "cases": records, "passed": all(r["passed"] for r in records)}
+
+
+def case_line(r: dict) -> str:
+    """One table row of a ``run_case`` record."""
+    door = (f"{r['door_pixels_front']:>5}/{r['door_pixels_back']:<5}" if "door_pixels_front" in r else f"{'-':^11}")
+    return (f"{r['case']:7} {r['prompt']:15} {r['faces']:6} faces  colour {r['colour']:7}"
+            f" (d {r['colour_distance']:.3f})  door f/b {door}  {r['seconds']:6.1f} s"
+            f"  load {r['load_1min'][0]:.2f}->{r['load_1min'][1]:.2f}"
+            f"  {'PASS' if r['passed'] else 'FAIL ' + ','.join(k for k, v in r['checks'].items() if not v)}")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seed", type=int, default=0)
@@ -157,25 +199,17 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="JSON file (default: WORKDIR/paint_quality.json)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override PaintConfig fields (guidance.X for the guidance config)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    log.setLevel(logging.INFO)  # one line per case as it finishes; the engine's own INFO stays quiet
     torch.set_num_threads(args.threads)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    prior = load_prior(args.model)
 
-    records = []
-    for name in args.cases:
-        records.append(run_case(name, prior, args))
-        r = records[-1]
-        door = (f"{r['door_pixels_front']:>5}/{r['door_pixels_back']:<5}" if "door_pixels_front" in r else f"{'-':^11}")
-        print(f"{name:7} {r['prompt']:15} {r['faces']:6} faces  colour {r['colour']:7} (d {r['colour_distance']:.3f})"
-              f"  door f/b {door}  {r['seconds']:6.1f} s  load {r['load_1min'][0]:.2f}->{r['load_1min'][1]:.2f}"
-              f"  {'PASS' if r['passed'] else 'FAIL ' + ','.join(k for k, v in r['checks'].items() if not v)}",
-              flush=True)
-    summary = {"threads": args.threads, "seed": args.seed, "preset": args.preset, "overrides": args.set,
-               "cpu_count": os.cpu_count(), "cases": records, "passed": all(r["passed"] for r in records)}
+    summary = run_cases(load_prior(args.model), args.cases, args.seed, args.preset, args.set, Path(args.workdir))
     out = Path(args.out or Path(args.workdir) / "paint_quality.json")
     out.write_text(json.dumps(summary, indent=2) + "\n")
+    for record in summary["cases"]:
+        print(case_line(record))
     print(f"{'PASS' if summary['passed'] else 'FAIL'}: wrote {out}")
     return 0 if summary["passed"] else 1
 

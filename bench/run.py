@@ -30,10 +30,8 @@ the exit code is 1 when any section failed, 0 otherwise, whether or not the targ
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import gc
-import io
 import json
 import logging
 import os
@@ -44,7 +42,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -88,14 +85,31 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
-def _call_main(main, argv: list[str]) -> tuple[object, str]:
-    """Run a bench script's ``main()`` in this process with ``argv``; (its return value, its stdout).
+def task_config(task: str, seed: int, overrides: list[str], timing: bool = False):
+    """The default ("standard") config of a task with ``overrides``: every config the runner uses is built here.
 
-    The scripts print their figures; capturing keeps this command's own output readable."""
-    buffer = io.StringIO()
-    with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(buffer):
-        value = main()
-    return value, buffer.getvalue()
+    Args:
+        task: "generate", "paint" or "sketch".
+        seed: the config's seed.
+        overrides: "FIELD=VALUE" assignments on top of the default.
+        timing: generate only: steps set high so that every timed step is early in the schedule, as in
+            bench/sds_step.py.
+    """
+    # Imported per task: paint_quality is still being tuned, and its import must not cost the other sections.
+    if task == "paint":
+        from . import paint_quality
+
+        return paint_quality.configure("standard", seed, overrides)
+    if task == "sketch":
+        from . import sketch_quality
+
+        return sketch_quality.configure(list(overrides), seed)
+    from . import text_to_3d_quality
+
+    config = text_to_3d_quality.configure("standard", seed, overrides)
+    if timing:
+        config.steps = 10_000
+    return config
 
 
 def _summary(values: list[float]) -> dict | None:
@@ -145,7 +159,7 @@ def quality_run(prior, prompt: str, seed: int, overrides: list[str], workdir: Pa
 
     from . import text_to_3d_quality as ttq
 
-    row = ttq.run_prompt(prior, prompt, ttq.configure("standard", seed, overrides), workdir)
+    row = ttq.run_prompt(prior, prompt, task_config("generate", seed, overrides), workdir)
     shape_word, glb = row["shape_word"], Path(row["glb"])
     if shape_word == "house":
         try:  # paint_quality is still being tuned; a broken import must not cost this run's other verdicts
@@ -231,10 +245,8 @@ def run_paint(prior, cases: list[str], seeds: list[int], overrides: list[str], o
                 continue
             workdir = out_dir / "paint" / f"seed{seed}"
             workdir.mkdir(parents=True, exist_ok=True)
-            # run_case reads preset, seed, set and workdir from paint_quality's argparse namespace.
-            args = argparse.Namespace(preset="standard", seed=seed, set=list(overrides), workdir=str(workdir))
             try:
-                record = {"seed": seed, **pq.run_case(name, prior, args)}
+                record = {"seed": seed, **pq.run_case(name, prior, task_config("paint", seed, overrides), workdir)}
                 if "colour" in record["checks"]:
                     record["colour_ok"] = record["checks"]["colour"]
                 log.info("paint %-7s seed %d: %5.1f s  colour %-7s  %s", name, seed, record["seconds"],
@@ -262,7 +274,7 @@ def run_sketch(prior, cases: list[str] | None, seeds: list[int], overrides: list
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in seeds:
-        config = sq.configure(list(overrides), seed)
+        config = task_config("sketch", seed, overrides)
         for case in sq.cases():
             if cases and case["name"] not in cases:
                 continue
@@ -287,20 +299,11 @@ def run_sketch(prior, cases: list[str] | None, seeds: list[int], overrides: list
 
 
 # ------------------------------------------------------------------------------------------ speed
-def timing_config(overrides: list[str]):
-    """The default generate settings with ``overrides``, its steps set high so that every timed
-    step is early in the schedule, as in bench/sds_step.py."""
-    from . import text_to_3d_quality as ttq
-
-    config = ttq.configure("standard", 0, overrides)
-    config.steps = 10_000
-    return config
-
-
 def overhead(prior, mode: dict, overrides: list[str]) -> dict:
     from . import sds_step
 
-    return sds_step.measure(prior, timing_config(overrides), mode["sds_repeats"], mode["sds_rounds"], SCALING_PROMPT)
+    config = task_config("generate", 0, overrides, timing=True)
+    return sds_step.measure(prior, config, mode["sds_repeats"], mode["sds_rounds"], SCALING_PROMPT)
 
 
 def grid_scaling(prior, grids: list[int], repeats: int, overrides: list[str]) -> list[dict]:
@@ -312,7 +315,7 @@ def grid_scaling(prior, grids: list[int], repeats: int, overrides: list[str]) ->
     sync = sds_step.device_sync(prior.device)
     rows = []
     for grid in grids:
-        config = timing_config([*overrides, f"grid_resolution={grid}"])
+        config = task_config("generate", 0, [*overrides, f"grid_resolution={grid}"], timing=True)
         run = FieldOptimisation(SCALING_PROMPT, prior, config, torch.Generator().manual_seed(0))
         counter = iter(range(10**9))
         for _ in range(3):
@@ -354,13 +357,13 @@ def summarise_speed(quality_runs: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------------------- server
 def run_server(settings: dict, out_dir: Path) -> dict:
+    """bench/server_bench.py's figures with the mode's ``settings`` (rounds, steps, submits), also
+    written to ``out_dir/server_bench.json`` as the script writes them."""
     from . import server_bench
 
-    path = out_dir / "server_bench.json"
-    argv = ["server_bench.py", "--rounds", str(settings["rounds"]), "--steps", str(settings["steps"]),
-            "--submits", str(settings["submits"]), "--json", str(path)]
-    _call_main(server_bench.main, argv)
-    return json.loads(path.read_text())
+    figures = server_bench.measure(rounds=settings["rounds"], steps=settings["steps"], submits=settings["submits"])
+    (out_dir / "server_bench.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
 
 
 # -------------------------------------------------------------------------------------------- gpu
@@ -578,9 +581,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ttq_default_steps(overrides: list[str]) -> int:
-    from . import text_to_3d_quality as ttq
-
-    return ttq.configure("standard", 0, overrides).steps
+    return task_config("generate", 0, overrides).steps
 
 
 if __name__ == "__main__":

@@ -74,7 +74,15 @@ def measure(prior, config, repeats: int = 30, rounds: int = 5, prompt: str = "a 
     }
 
 
-def main() -> None:
+def configure(preset: str, method: str):
+    """``preset``'s GenerateConfig with guidance ``method``, its steps set high so that every timed step
+    is early in the schedule."""
+    config = preset_config(preset, steps=10_000)
+    config.guidance.method = method
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", help="prior folder (default: the embedded prior)")
     parser.add_argument("--method", default="sds")
@@ -83,12 +91,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    config = preset_config(args.preset, steps=10_000)
-    config.guidance.method = args.method
-    report = measure(load_prior(args.model, device=args.device), config, args.repeats, args.rounds)
+    report = measure(load_prior(args.model, device=args.device), configure(args.preset, args.method), args.repeats,
+                     args.rounds)
     print(json.dumps({key: round(value, 3) if isinstance(value, float) else value for key, value in report.items()},
                      indent=2))
 

@@ -121,7 +121,41 @@ def latency_summary(samples_ms: list[float]) -> dict:
             "max": round(ordered[-1], 3), "n": len(ordered)}
 
 
-def main() -> None:
+def measure(rounds: int = 6, steps: int = 200, submits: int = 50, threads: int = 1, model: str | None = None) -> dict:
+    """Start a server on a free loopback port, take every figure against it, stop it.
+
+    Args:
+        rounds: throughput runs per condition (without and with the status load).
+        steps: optimisation steps of the fixed job.
+        submits: submits per round-trip median.
+        threads: the server's torch threads.
+        model: prior folder; None for the tiny random test prior (written to a temporary folder).
+    """
+    with tempfile.TemporaryDirectory(prefix="dreamsmith-bench-") as folder:
+        folder = Path(folder)
+        if model is None:
+            from engine.testing import save_tiny_prior
+
+            model = str(save_tiny_prior(folder / "tiny-prior"))
+        server = ServerProcess(model, folder / "results", folder / "server.log",
+                               ["--threads", str(threads), "--max-per-client", "1000"])
+        server.start()
+        try:
+            client = server.client(client_id="bench", timeout=60)
+            idle = submit_round_trips_ms(client, submits)
+            busy = busy_submit_round_trips_ms(client, submits)
+            return {
+                "submit_to_accepted_ms": {"idle_median": round(statistics.median(idle), 3),
+                                          "busy_median": round(statistics.median(busy), 3), "n": submits},
+                **throughput_rounds(client, server.address, steps, rounds),
+                "setup": {"model": model, "steps": steps, "rounds": rounds, "server_threads": threads,
+                          "machine": platform.platform(), "python": platform.python_version()},
+            }
+        finally:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="prior folder (default: the tiny random test prior)")
     parser.add_argument("--rounds", type=int, default=6, help="throughput runs per condition")
@@ -129,31 +163,9 @@ def main() -> None:
     parser.add_argument("--submits", type=int, default=50, help="submits per round-trip median")
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--json", type=Path, default=Path("out/server_bench.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="dreamsmith-bench-") as folder:
-        folder = Path(folder)
-        if args.model is None:
-            from engine.testing import save_tiny_prior
-
-            args.model = str(save_tiny_prior(folder / "tiny-prior"))
-        server = ServerProcess(args.model, folder / "results", folder / "server.log",
-                               ["--threads", str(args.threads), "--max-per-client", "1000"])
-        server.start()
-        try:
-            client = server.client(client_id="bench", timeout=60)
-            idle = submit_round_trips_ms(client, args.submits)
-            busy = busy_submit_round_trips_ms(client, args.submits)
-            figures = {
-                "submit_to_accepted_ms": {"idle_median": round(statistics.median(idle), 3),
-                                          "busy_median": round(statistics.median(busy), 3), "n": args.submits},
-                **throughput_rounds(client, server.address, args.steps, args.rounds),
-                "setup": {"model": args.model, "steps": args.steps, "rounds": args.rounds,
-                          "server_threads": args.threads, "machine": platform.platform(),
-                          "python": platform.python_version()},
-            }
-        finally:
-            server.stop()
+    figures = measure(args.rounds, args.steps, args.submits, args.threads, args.model)
     print(json.dumps(figures, indent=2))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -39,6 +39,8 @@ from engine.occupancy import winding_numbers
 from engine.tasks.sketch import preset_config, sketch
 from primitive_world.classify import classify_colour
 
+log = logging.getLogger("bench.sketch_quality")
+
 MAX_SECONDS = 180.0
 IOU_RESOLUTION = 96
 CONTRACT_CUBE_SIDE = 0.70  # /work/shared/primitive-world.md: "cube: axis-aligned box, side 0.70"
@@ -100,7 +102,40 @@ def run_case(case: dict, prior, config, workdir: Path) -> dict:
     }
 
 
-def main() -> int:
+def run_cases(prior, seeds: list[int], names: list[str] | None, assignments: list[str], workdir: Path) -> dict:
+    """Every case of ``cases()`` (or those in ``names``) for every seed, judged; the script's summary.
+
+    Args:
+        prior: the loaded prior (``engine.load_prior``).
+        seeds: the seeds to run each case with.
+        names: case names to run; None or empty for all.
+        assignments: "FIELD=VALUE" overrides on top of the default SketchConfig.
+        workdir: an existing folder for the GLBs.
+    """
+    rows = []
+    for seed in seeds:
+        config = configure(assignments, seed)
+        for case in cases():
+            if names and case["name"] not in names:
+                continue
+            rows.append(run_case(case, prior, config, workdir))
+            log.info("%s", json.dumps(rows[-1]))
+    return {"passed": all(r["passed"] for r in rows), "overrides": assignments, "cpu_count": os.cpu_count(),
+            "results": rows}
+
+
+def table(rows: list[dict]) -> str:
+    """The ``run_case`` rows as a fixed-width table with a header."""
+    header = f"{'case':<16}{'seed':>5}{'IoU':>7}{'bar':>6}{'colour':>9}{'want':>6}{'sec':>7}{'thr':>5}{'load':>6}  pass"
+    lines = [header]
+    for r in rows:
+        lines.append(f"{r['case']:<16}{r['seed']:>5}{r['iou']:>7.3f}{r['min_iou']:>6.2f}{r['colour']:>9}"
+                     f"{r['colour_wanted'] or '-':>6}{r['seconds']:>7.1f}{r['threads']:>5}{r['load_after']:>6.2f}  "
+                     f"{'yes' if r['passed'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--cases", nargs="*", help="case names to run (default: all)")
@@ -113,32 +148,17 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override SketchConfig fields (guidance.X for the guidance config); "
                              "the bar is judged on the defaults")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    log.setLevel(logging.INFO)  # one line per case as it finishes; the engine's own INFO stays quiet
     torch.set_num_threads(args.threads)
 
-    prior = load_prior(args.model)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for seed in args.seeds:
-        config = configure(args.set, seed)
-        for case in cases():
-            if args.cases and case["name"] not in args.cases:
-                continue
-            rows.append(run_case(case, prior, config, workdir))
-            print(json.dumps(rows[-1]), flush=True)
-
-    header = f"{'case':<16}{'seed':>5}{'IoU':>7}{'bar':>6}{'colour':>9}{'want':>6}{'sec':>7}{'thr':>5}{'load':>6}  pass"
-    print(header)
-    for r in rows:
-        print(f"{r['case']:<16}{r['seed']:>5}{r['iou']:>7.3f}{r['min_iou']:>6.2f}{r['colour']:>9}"
-              f"{r['colour_wanted'] or '-':>6}{r['seconds']:>7.1f}{r['threads']:>5}{r['load_after']:>6.2f}  "
-              f"{'yes' if r['passed'] else 'NO'}")
-    summary = {"passed": all(r["passed"] for r in rows), "overrides": args.set, "cpu_count": os.cpu_count(),
-               "results": rows}
+    summary = run_cases(load_prior(args.model), args.seeds, args.cases, args.set, workdir)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(table(summary["results"]))
     print(f"{'all bars hold' if summary['passed'] else 'A BAR FAILS'}; wrote {args.out}")
     return 0 if summary["passed"] else 1
 

@@ -27,6 +27,8 @@ from engine.tasks.generate import preset_config
 from primitive_world import contract
 from primitive_world.classify import classify_colour, classify_shape
 
+log = logging.getLogger("bench.text_to_3d_quality")
+
 DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a yellow cone", "a green torus", "a purple cylinder"]
 JUDGE_CAMERAS = [orbit_camera(az, el, contract.CAMERA_DISTANCE, contract.FOV_Y_DEG)
                  for el in (10.0, 35.0) for az in range(0, 360, 45)]
@@ -69,7 +71,32 @@ def run_prompt(prior, prompt: str, config, workdir: Path) -> dict:
     }
 
 
-def main() -> None:
+def run_prompts(prior, prompts: list[str], seed: int, preset: str, assignments: list[str], workdir: Path) -> dict:
+    """Every prompt generated, written and judged; the script's summary with one row per prompt.
+
+    Args:
+        prior: the loaded prior (``engine.load_prior``).
+        prompts: "a {colour} {shape}" prompts of Primitive World.
+        seed: the seed of every run.
+        preset: the GenerateConfig preset, e.g. "standard".
+        assignments: "FIELD=VALUE" overrides on top of the preset.
+        workdir: an existing folder for the GLBs.
+    """
+    results = []
+    for prompt in prompts:
+        results.append(run_prompt(prior, prompt, configure(preset, seed, assignments), workdir))
+        log.info("%s", json.dumps(_rounded(results[-1])))
+    return {
+        "shape_correct": sum(r["shape_ok"] for r in results), "colour_correct": sum(r["colour_ok"] for r in results),
+        "runs": len(results), "max_seconds": max(r["seconds"] for r in results), "results": results,
+    }
+
+
+def _rounded(row: dict) -> dict:
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
     parser.add_argument("--seed", type=int, default=0)
@@ -80,23 +107,17 @@ def main() -> None:
     parser.add_argument("--out", default="out/quality/text_to_3d.json")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override GenerateConfig fields (guidance.X, colour_refine.X for nested configs)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    log.setLevel(logging.INFO)  # one line per prompt as it finishes; the engine's own INFO stays quiet
     torch.set_num_threads(args.threads)
 
-    prior = load_prior(args.model)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for prompt in args.prompts:
-        row = run_prompt(prior, prompt, configure(args.preset, args.seed, args.set), workdir)
-        results.append(row)
-        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    summary = {
-        "shape_correct": sum(r["shape_ok"] for r in results), "colour_correct": sum(r["colour_ok"] for r in results),
-        "runs": len(results), "max_seconds": max(r["seconds"] for r in results), "results": results,
-    }
+    summary = run_prompts(load_prior(args.model), args.prompts, args.seed, args.preset, args.set, workdir)
     Path(args.out).write_text(json.dumps(summary, indent=2))
+    for row in summary["results"]:
+        print(json.dumps(_rounded(row)))
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
 
 
