@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 log = logging.getLogger("build_addon")
 

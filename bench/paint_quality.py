@@ -38,9 +38,9 @@ from scipy import ndimage
 
 from engine import load_prior, orbit_camera, write_outputs
 from engine.meshes import MeshInput
-from engine.overrides import apply_overrides
 from engine.raster import render_textured
-from engine.tasks.paint import paint, preset_config
+from engine.tasks import preset_config
+from engine.tasks.paint import paint
 from primitive_world import contract
 from primitive_world.classify import classify_colour
 from primitive_world.evaluate_samples import door_pixels
@@ -108,7 +108,7 @@ def judge_door(mesh) -> tuple[dict, list[np.ndarray]]:
 
 
 def configure(preset: str, seed: int, assignments: list[str]):
-    return apply_overrides(preset_config(preset, seed=seed), assignments)
+    return preset_config("paint", preset, {"seed": seed}, assignments)
 
 
 def run_case(name: str, prior, config, workdir: Path) -> dict:

@@ -291,7 +291,9 @@ def _quality_md(results: dict, plots: dict) -> list[str]:
     misses = [r for r in runs if not (r["shape_ok"] and r["colour_ok"] and not r.get("janus", False))]
     listed = runs if len(runs) <= 12 else misses
     if listed:
-        out += ["Every run:" if listed is runs else f"The {len(misses)} runs with a miss (all runs are in results.json):",
+        heading = ("Every run:" if listed is runs
+                   else f"The {len(misses)} runs with a miss (all runs are in results.json):")
+        out += [heading,
                 "", _table(["prompt", "seed", "judged shape", "IoU margin", "judged colour", "back-door px", "time"],
                            [[r["prompt"], r["seed"], r["shape"] if r["shape_ok"] else f"**{r['shape']}**",
                              f"{r['iou_margin']:+.3f}", r["colour"] if r["colour_ok"] else f"**{r['colour']}**",
@@ -396,13 +398,19 @@ def _speed_md(results: dict, plots: dict) -> list[str]:
     return out
 
 
+def _server_model(setup: dict) -> str:
+    if "tiny" in str(setup.get("model", "")):
+        return "the tiny random test prior, so the server’s own cost shows at its largest"
+    return str(setup.get("model"))
+
+
 def _server_md(results: dict) -> list[str]:
     out = []
     s = results["server"]
     setup = s.get("setup", {})
     lat = s["progress_latency_ms"]
     out += [f"`bench/server_bench.py` against a real server process on a loopback port (prior: "
-            f"{'the tiny random test prior, so the server’s own cost shows at its largest' if 'tiny' in str(setup.get('model', '')) else setup.get('model')}; "
+            f"{_server_model(setup)}; "
             f"{setup.get('rounds')} round(s) of a {setup.get('steps')}-step job, server with "
             f"{setup.get('server_threads')} thread(s)).", "",
             _table(["measure", "value"], [
@@ -507,7 +515,8 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     lines += _machine_md(results)
     lines += ["## Reproduce", "", "From the repository root:", "",
               '    pip install -e ".[bench]"', f"    {results.get('command')}", "",
-              "`--quick` runs a fixed subset in under 5 minutes on a 2-core CPU; `--full` runs all 49 prompts × 3 seeds "
+              "`--quick` runs a fixed subset in under 5 minutes on a 2-core CPU; "
+              "`--full` runs all 49 prompts × 3 seeds "
               "and every issue-#6 case (about an hour). `--out DIR` picks the folder, `--threads N` the torch threads. "
               "Wall times depend on what else the machine is doing; the load average is recorded above.", ""]
     return "\n".join(lines)

@@ -106,10 +106,7 @@ def task_config(task: str, seed: int, overrides: list[str], timing: bool = False
         return sketch_quality.configure(list(overrides), seed)
     from . import text_to_3d_quality
 
-    config = text_to_3d_quality.configure("standard", seed, overrides)
-    if timing:
-        config.steps = 10_000
-    return config
+    return text_to_3d_quality.configure("standard", seed, [*overrides, *(["steps=10000"] if timing else [])])
 
 
 def _summary(values: list[float]) -> dict | None:
@@ -308,19 +305,19 @@ def overhead(prior, mode: dict, overrides: list[str]) -> dict:
 
 def grid_scaling(prior, grids: list[int], repeats: int, overrides: list[str]) -> list[dict]:
     """Median time of one SDS step at each voxel-grid resolution (the field's cost grows as R^3)."""
-    from engine.tasks.generate import FieldOptimisation
+    from engine.tasks.latent_field import FieldOptimisation
 
     from . import sds_step
 
     sync = sds_step.device_sync(prior.device)
     rows = []
     for grid in grids:
-        config = task_config("generate", 0, [*overrides, f"grid_resolution={grid}"], timing=True)
+        config = task_config("generate", 0, [*overrides, f"field.grid_resolution={grid}"], timing=True)
         run = FieldOptimisation(SCALING_PROMPT, prior, config, torch.Generator().manual_seed(0))
         counter = iter(range(10**9))
         for _ in range(3):
             run.step(next(counter))
-        step_ms = sds_step.median_ms(lambda: run.step(next(counter)), repeats, sync)[0]
+        step_ms = sds_step.median_ms(lambda run=run, counter=counter: run.step(next(counter)), repeats, sync)[0]
         rows.append({"grid_resolution": grid, "step_ms": step_ms, "steps_per_s": 1000 / step_ms,
                      "repeats": repeats})
         log.info("grid %3d: %.1f ms per SDS step", grid, step_ms)

@@ -14,7 +14,8 @@ import time
 import torch
 
 from engine.prior import load_prior
-from engine.tasks.generate import FieldOptimisation, preset_config
+from engine.tasks import preset_config
+from engine.tasks.latent_field import FieldOptimisation
 
 
 def device_sync(device: torch.device):
@@ -66,8 +67,8 @@ def measure(prior, config, repeats: int = 30, rounds: int = 5, prompt: str = "a 
     return {
         "prior": prior.metadata.name, "device": str(prior.device), "dtype": str(prior.dtype).replace("torch.", ""),
         "unet_parameters": sum(p.numel() for p in prior.unet.parameters()), "latent_size": size,
-        "method": config.guidance.method, "grid_resolution": config.grid_resolution,
-        "samples_per_ray": config.samples_per_ray, "threads": torch.get_num_threads(),
+        "method": config.guidance.method, "grid_resolution": config.field.grid_resolution,
+        "samples_per_ray": config.field.samples_per_ray, "threads": torch.get_num_threads(),
         "unet_cfg_forward_ms": unet_wall, "sds_step_ms": step_wall, "ratio": step_wall / unet_wall,
         "unet_cfg_forward_cpu_ms": unet_cpu, "sds_step_cpu_ms": step_cpu, "cpu_time_ratio": step_cpu / unet_cpu,
         "repeats": repeats, "rounds": rounds,
@@ -77,9 +78,7 @@ def measure(prior, config, repeats: int = 30, rounds: int = 5, prompt: str = "a 
 def configure(preset: str, method: str):
     """``preset``'s GenerateConfig with guidance ``method``, its steps set high so that every timed step
     is early in the schedule."""
-    config = preset_config(preset, steps=10_000)
-    config.guidance.method = method
-    return config
+    return preset_config("generate", preset, {"steps": 10_000, "guidance.method": method})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,9 +34,9 @@ import trimesh
 from engine import load_prior, write_outputs
 from engine.export import load_glb, texel_surface_points
 from engine.meshes import MeshInput
-from engine.overrides import apply_overrides
 from engine.occupancy import winding_numbers
-from engine.tasks.sketch import preset_config, sketch
+from engine.tasks import preset_config
+from engine.tasks.sketch import sketch
 from primitive_world.classify import classify_colour
 
 log = logging.getLogger("bench.sketch_quality")
@@ -70,7 +70,7 @@ def volume_iou(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray
 
 
 def configure(assignments: list[str], seed: int):
-    return apply_overrides(preset_config("standard", seed=seed), assignments)
+    return preset_config("sketch", "standard", {"seed": seed}, assignments)
 
 
 def run_case(case: dict, prior, config, workdir: Path) -> dict:

@@ -16,14 +16,12 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from engine import generate, load_prior, orbit_camera, write_outputs
 from engine.export import load_glb, texel_surface_points
 from engine.raster import render_silhouette
-from engine.overrides import apply_overrides
-from engine.tasks.generate import preset_config
+from engine.tasks import preset_config
 from primitive_world import contract
 from primitive_world.classify import classify_colour, classify_shape
 
@@ -45,7 +43,7 @@ def judge(glb_path: Path, size: int = 64) -> dict:
 
 
 def configure(preset: str, seed: int, assignments: list[str]):
-    return apply_overrides(preset_config(preset, seed=seed), assignments)
+    return preset_config("generate", preset, {"seed": seed}, assignments)
 
 
 def run_prompt(prior, prompt: str, config, workdir: Path) -> dict:
@@ -60,7 +58,7 @@ def run_prompt(prior, prompt: str, config, workdir: Path) -> dict:
     others = [v for k, v in verdict["ious"].items() if k != shape_word]
     return {
         "prompt": prompt, "colour_word": colour_word, "shape_word": shape_word, "seed": config.seed,
-        "steps": config.steps, "grid_resolution": config.grid_resolution, "device": str(prior.device),
+        "steps": config.steps, "grid_resolution": config.field.grid_resolution, "device": str(prior.device),
         "seconds": seconds, "timings": {**result.timings, "write_s": time.perf_counter() - generated},
         "sds_its_per_s": config.steps / result.timings["optimise_s"],
         "shape": verdict["shape"], "shape_ok": verdict["shape"] == shape_word,

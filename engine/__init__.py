@@ -16,7 +16,7 @@ from .guidance import GuidanceConfig
 from .meshes import MeshError, MeshInput, load_mesh, validate_mesh
 from .outputs import write_outputs
 from .prior import Prior, PriorError, PriorMetadata, load_prior
-from .progress import CancelToken, Cancelled, Progress
+from .progress import Cancelled, CancelToken, Progress
 from .tasks import TASKS, preset_config
 from .tasks.generate import GenerateConfig, GenerateResult, generate
 from .tasks.paint import PaintConfig, PaintResult, paint

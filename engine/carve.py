@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from .cameras import pixel_indices, project
 from .colour import DecodedView, foreground_mask
 from .field import VoxelField

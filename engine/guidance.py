@@ -96,7 +96,10 @@ class ScoreDistillation:
     def _guided_noise(self, noisy, t, cond, uncond, negative) -> torch.Tensor:
         """eps_hat for a batch of noisy copies of one view."""
         k, weight = noisy.shape[0], self.config.perp_neg_weight
-        expand = lambda text: text[None].expand(k, -1, -1)
+
+        def expand(text: torch.Tensor) -> torch.Tensor:
+            return text[None].expand(k, -1, -1)
+
         return self.prior.predict_noise(noisy, t.expand(k), expand(cond), expand(uncond), self.config.guidance_scale,
                                         None if negative is None else expand(negative), weight)
 

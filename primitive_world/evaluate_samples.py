@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.prior import load_prior
+
 from . import contract as C
 from .classify import classify_image_colour, classify_shape_in_view, colour_distances, object_mask
 from .render import colourise, contract_camera, render_geometry
-from engine.prior import load_prior
-
 from .sampling import sample
 
 log = logging.getLogger("primitive_world.evaluate")

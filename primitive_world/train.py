@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from engine.prior import Prior, PriorMetadata
+
 from . import contract as C
 from .classify import classify_image_colour
 from .data import GeometrySet, make_geometry_set
-from engine.prior import Prior, PriorMetadata
-
 from .sampling import sample
 from .tokenizer import build_tokenizer, encode
 

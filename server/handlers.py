@@ -12,8 +12,19 @@ from dataclasses import dataclass
 from .events import EventChannel, state_event
 from .job_queue import Job, JobQueue
 from .peers import Sessions, Subscriptions
-from .protocol import (MAX_FACES, MAX_FRAMES, MAX_HEADER_BYTES, MAX_VERTICES, SESSION_FIELD, Code, Message, Msg,
-                       ProtocolError, State, encode)
+from .protocol import (
+    MAX_FACES,
+    MAX_FRAMES,
+    MAX_HEADER_BYTES,
+    MAX_VERTICES,
+    SESSION_FIELD,
+    Code,
+    Message,
+    Msg,
+    ProtocolError,
+    State,
+    encode,
+)
 from .results import ResultStore
 from .store import JobRecord, JobStore
 from .worker import Runner

@@ -18,11 +18,11 @@ import re
 import socket
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDON_SOURCE = ROOT / "blender_addon" / "dreamsmith"

@@ -16,18 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is not an installed package; plain `pytest` does not put the root first
     sys.path.insert(0, str(ROOT))
 
-from bench import paint_quality, report, run, sds_step, server_bench, sketch_quality  # noqa: E402
-from bench import text_to_3d_quality  # noqa: E402
+from bench import report, run  # noqa: E402
 from bench.run import summarise_quality, summarise_speed, wilson_interval  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The smallest settings that still run every stage on the tiny prior; the override names in one place.
-SMALL_GENERATE = ["steps=4", "grid_resolution=16", "mesh_resolution=32", "samples_per_ray=16", "texture_size=128",
-                  "colour_view_azimuths=2", "silhouette_fit_steps=4"]
-SMALL_SKETCH = ["steps=4", "grid_resolution=16", "mesh_resolution=32", "samples_per_ray=16", "texture_size=128",
-                "colour_view_azimuths=2"]
-SMALL_PAINT = ["steps=4", "latent_texture_size=16", "view_pool=6", "init_views=4", "init_iterations=10",
-               "colour_view_azimuths=2", "texture_size=128"]
+# The scripts are imported in the tests that use them, so that an engine change breaking one script's
+# config cannot stop the report tests from being collected.
+SMALL_SKETCH = ["steps=4", "field.grid_resolution=16", "surface.mesh_resolution=32", "field.samples_per_ray=16",
+                "colour.texture_size=512", "colour.view_azimuths=2"]
+SMALL_GENERATE = [*SMALL_SKETCH, "surface.silhouette_fit_steps=4"]
+SMALL_PAINT = ["steps=4", "texture.size=16", "texture.view_pool=6", "texture.init_views=4",
+               "texture.init_iterations=10",
+               "colour.view_azimuths=2", "colour.texture_size=512"]
 
 
 def _run(prompt, seed, shape, colour, seconds, **extra):
@@ -144,7 +145,7 @@ def test_wilson_interval_brackets_the_rate():
 def test_overhead_measurement_times_both_and_reports_their_ratio():
     from bench import sds_step
     from engine.prior import Prior
-    from engine.tasks.generate import preset_config
+    from engine.tasks import preset_config
     from engine.testing import tiny_components, tiny_metadata
 
     calls = {"forward": 0}
@@ -156,7 +157,8 @@ def test_overhead_measurement_times_both_and_reports_their_ratio():
         return forward(*args, **kwargs)
 
     prior.unet.forward = counted
-    figures = sds_step.measure(prior, preset_config("draft", grid_resolution=16, steps=10_000), repeats=2, rounds=2)
+    config = preset_config("generate", "draft", {"field.grid_resolution": 16, "steps": 10_000})
+    figures = sds_step.measure(prior, config, repeats=2, rounds=2)
     # 5 warm-up pairs, then 2 rounds of 2 calls each of the bare forward and of the SDS step
     assert calls["forward"] == 2 * (5 + 2 * 2)
     assert figures["unet_cfg_forward_ms"] > 0 and figures["sds_step_ms"] > 0
@@ -212,7 +214,7 @@ def test_sketch_section_runs_a_case_through_sketch_quality(tiny, tmp_path):
 
 
 def test_grid_scaling_times_one_step_per_grid(tiny):
-    rows = run.grid_scaling(tiny, [16, 24], 1, ["samples_per_ray=16"])
+    rows = run.grid_scaling(tiny, [16, 24], 1, ["field.samples_per_ray=16"])
     assert [r["grid_resolution"] for r in rows] == [16, 24]
     assert all(r["step_ms"] > 0 and abs(r["steps_per_s"] * r["step_ms"] - 1000) < 1e-9 for r in rows)
 
@@ -228,6 +230,8 @@ def test_server_section_measures_a_real_server_and_keeps_its_json(tmp_path):
 def test_median_ms_syncs_around_each_call_and_returns_wall_and_cpu_medians():
     import time
 
+    from bench import sds_step
+
     events = []
 
     def nap():
@@ -241,6 +245,8 @@ def test_median_ms_syncs_around_each_call_and_returns_wall_and_cpu_medians():
 
 # ------------------------------------------------------- each script's CLI: parse, call the function, print
 def test_text_to_3d_quality_cli_prints_the_summary_of_run_prompts(monkeypatch, tmp_path, capsys):
+    from bench import text_to_3d_quality
+
     calls, prior = [], object()
     summary = {"shape_correct": 1, "colour_correct": 0, "runs": 1, "max_seconds": 1.23456,
                "results": [{"prompt": "a red cube", "seconds": 1.23456}]}
@@ -256,6 +262,8 @@ def test_text_to_3d_quality_cli_prints_the_summary_of_run_prompts(monkeypatch, t
 
 
 def test_run_prompts_configures_each_prompt_and_summarises(monkeypatch, tmp_path):
+    from bench import text_to_3d_quality
+
     seen = []
 
     def fake_run_prompt(prior, prompt, config, workdir):
@@ -265,7 +273,8 @@ def test_run_prompts_configures_each_prompt_and_summarises(monkeypatch, tmp_path
     monkeypatch.setattr(text_to_3d_quality, "run_prompt", fake_run_prompt)
     summary = text_to_3d_quality.run_prompts(None, ["a red cube", "a blue sphere"], 4, "draft", ["steps=3"], tmp_path)
     assert seen == [("a red cube", 4, 3, tmp_path), ("a blue sphere", 4, 3, tmp_path)]
-    assert (summary["shape_correct"], summary["colour_correct"], summary["runs"], summary["max_seconds"]) == (1, 2, 2, 13)
+    counts = (summary["shape_correct"], summary["colour_correct"], summary["runs"], summary["max_seconds"])
+    assert counts == (1, 2, 2, 13)
 
 
 def _paint_record(name: str, passed: bool) -> dict:
@@ -274,6 +283,8 @@ def _paint_record(name: str, passed: bool) -> dict:
 
 
 def test_paint_quality_cli_prints_the_table_of_run_cases_and_fails_on_a_failed_bar(monkeypatch, tmp_path, capsys):
+    from bench import paint_quality
+
     calls, prior = [], object()
     summary = {"cases": [_paint_record("cube", False)], "passed": False}
     monkeypatch.setattr(paint_quality, "load_prior", lambda model: prior)
@@ -286,6 +297,8 @@ def test_paint_quality_cli_prints_the_table_of_run_cases_and_fails_on_a_failed_b
 
 
 def test_paint_run_cases_configures_each_case(monkeypatch, tmp_path):
+    from bench import paint_quality
+
     seen = []
 
     def fake_run_case(name, prior, config, workdir):
@@ -300,6 +313,8 @@ def test_paint_run_cases_configures_each_case(monkeypatch, tmp_path):
 
 
 def test_sketch_quality_cli_prints_the_table_of_run_cases(monkeypatch, tmp_path, capsys):
+    from bench import sketch_quality
+
     calls, prior = [], object()
     row = {"case": "cube-as-house", "seed": 1, "iou": 0.9, "min_iou": 0.7, "colour": "red", "colour_wanted": "red",
            "seconds": 3.0, "threads": 1, "load_after": 0.5, "passed": True}
@@ -317,6 +332,8 @@ def test_sketch_quality_cli_prints_the_table_of_run_cases(monkeypatch, tmp_path,
 
 
 def test_sketch_run_cases_filters_cases_and_configures_each_seed(monkeypatch, tmp_path):
+    from bench import sketch_quality
+
     seen = []
 
     def fake_run_case(case, prior, config, workdir):
@@ -330,6 +347,8 @@ def test_sketch_run_cases_filters_cases_and_configures_each_seed(monkeypatch, tm
 
 
 def test_sds_step_cli_prints_its_measurement(tiny_folder, capsys):
+    from bench import sds_step
+
     sds_step.main(["--model", str(tiny_folder), "--preset", "draft", "--method", "sjc", "--repeats", "1",
                    "--rounds", "1", "--threads", "2"])
     figures = json.loads(capsys.readouterr().out)
@@ -338,6 +357,8 @@ def test_sds_step_cli_prints_its_measurement(tiny_folder, capsys):
 
 
 def test_server_bench_cli_passes_its_arguments_to_measure_and_writes_the_json(monkeypatch, tmp_path, capsys):
+    from bench import server_bench
+
     calls = []
     monkeypatch.setattr(server_bench, "measure", lambda *args: calls.append(args) or {"slowdown_percent": 1.5})
     server_bench.main(["--rounds", "2", "--steps", "30", "--submits", "4", "--json", str(tmp_path / "s.json")])

@@ -111,7 +111,8 @@ def test_front_and_back_views_name_each_other_as_perp_neg_negatives(tiny):
 
     latents = torch.randn(3, tiny.latent_channels, tiny.metadata.latent_size, tiny.metadata.latent_size)
     cameras = [back, side, front]
-    plain = refine_latents(tiny, latents, cameras, prompts, RefineConfig(strength=0.5), torch.Generator().manual_seed(2))
+    plain = refine_latents(tiny, latents, cameras, prompts, RefineConfig(strength=0.5),
+                           torch.Generator().manual_seed(2))
     pushed = refine_latents(tiny, latents, cameras, prompts, RefineConfig(strength=0.5, perp_neg_weight=1.0),
                             torch.Generator().manual_seed(2))
     changed = (pushed - plain).flatten(1).abs().amax(dim=1)
@@ -134,7 +135,8 @@ def test_albedo_texture_is_the_baked_colour_with_the_prior_lighting_divided_out(
     lighting = Lighting()
     lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
     config = {"steps": 4, "field.grid_resolution": 24, "surface.mesh_resolution": 32, "colour.texture_size": 512}
-    lit = generate("a red cube", lit_prior, preset_config("generate", "draft", {"colour.delight": False, **config})).mesh
+    unlit_config = preset_config("generate", "draft", {"colour.delight": False, **config})
+    lit = generate("a red cube", lit_prior, unlit_config).mesh
     delit = generate("a red cube", lit_prior, preset_config("generate", "draft", config)).mesh
     assert np.array_equal(lit.vertices, delit.vertices)
     rows, cols, _, normals, _ = texel_surface_points(lit.vertices, lit.faces, lit.uvs, 512)

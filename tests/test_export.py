@@ -16,9 +16,9 @@ from engine.export import (
     dilate,
     extract_mesh,
     load_glb,
+    unwrap,
     write_glb,
     write_obj,
-    unwrap,
     write_preview,
 )
 from engine.raster import render_textured, sample_bilinear

@@ -60,8 +60,8 @@ def test_backprojection_recovers_the_colours_the_views_show():
     """Render a two-coloured sphere from a ring of views, back-project, compare with the truth."""
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.4)
     vertices, faces = sphere.vertices.astype(np.float32), sphere.faces.astype(np.int32)
-    from engine.export import unwrap
     from engine.cameras import orbit_camera
+    from engine.export import unwrap
 
     vertices, faces, uvs = unwrap(vertices, faces, 512)
 

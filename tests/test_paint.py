@@ -9,15 +9,15 @@ from scipy.spatial import cKDTree
 
 from engine import Cancelled
 from engine.cameras import Camera, ViewSampler, look_at
-from engine.mesh_render import ViewPool
-from engine.export import texel_surface_points, unwrap
 from engine.config import with_overrides
+from engine.export import texel_surface_points, unwrap
+from engine.mesh_render import ViewPool
 from engine.meshes import MAX_FACES, MeshError, MeshInput, frame_normalisation
 from engine.raster import rasterize
 from engine.tasks import paint as paint_module
 from engine.tasks import preset_config
 from engine.tasks.common import seeded_generator
-from engine.tasks.paint import PaintConfig, LatentPaint, paint, uv_layout
+from engine.tasks.paint import LatentPaint, PaintConfig, paint, uv_layout
 from engine.testing import cancel_when
 from primitive_world.meshes import contract_mesh
 

@@ -11,7 +11,11 @@ import pytest
 
 from primitive_world import contract as C
 from primitive_world.classify import (
-    classify_colour, classify_image_colour, classify_shape, classify_shape_in_view, object_mask,
+    classify_colour,
+    classify_image_colour,
+    classify_shape,
+    classify_shape_in_view,
+    object_mask,
 )
 from primitive_world.render import colourise, contract_camera, render, render_geometry, render_silhouette
 

@@ -66,7 +66,10 @@ def test_field_queries_split_over_threads_give_one_batch_values_and_gradients():
     split_grads = [field.density.grad.clone(), field.features.grad.clone()]
     field.zero_grad()
     grid = (points / 0.5).view(1, 1, 1, -1, 3)
-    one = lambda g: F.grid_sample(g, grid, mode="bilinear", align_corners=True, padding_mode="border").view(g.shape[1], -1)
+
+    def one(g):
+        return F.grid_sample(g, grid, mode="bilinear", align_corners=True, padding_mode="border").view(g.shape[1], -1)
+
     whole = torch.cat([field.activate_density(one(field.density)).T, one(field.features).T], dim=1)
     whole.pow(2).sum().backward()
     assert torch.allclose(split, whole)

@@ -57,7 +57,8 @@ def test_each_kind_gets_its_own_presets_with_the_params_on_top(kind, config_type
     job = prepared(kind, arrays, preset="draft", seed=5, negative_prompt="blurry", guidance_scale=7.5, method="sjc")
     config = job.config
     assert type(config) is config_type
-    assert (config.steps, config.colour.texture_size) == (draft.steps, draft.colour.texture_size)  # the kind's own draft
+    # the kind's own draft
+    assert (config.steps, config.colour.texture_size) == (draft.steps, draft.colour.texture_size)
     assert (config.seed, config.negative_prompt) == (5, "blurry")
     assert (config.guidance.guidance_scale, config.guidance.method) == (7.5, "sjc")
     sized = prepared(kind, arrays, steps=9, texture_size=640).config

@@ -8,10 +8,10 @@ import trimesh
 
 import engine.tasks.sketch as sketch_module
 from engine import Cancelled, SketchConfig, orbit_camera, sketch
+from engine.config import with_overrides
 from engine.field import VoxelField
 from engine.meshes import MeshError, MeshInput
 from engine.occupancy import SketchLoss, SketchOccupancy, lattice, voxel_opacity, winding_numbers
-from engine.config import with_overrides
 from engine.tasks import preset_config
 from engine.tasks.common import seeded_generator
 from engine.tasks.latent_field import FieldOptimisation
@@ -267,8 +267,8 @@ def test_bad_prompts_and_settings_are_refused(tiny):
 
 
 def test_presets_keep_the_sketch_defaults():
-    from engine.tasks.sketch import SKETCH_SURFACE
     from engine.tasks.generate import PRESETS
+    from engine.tasks.sketch import SKETCH_SURFACE
 
     draft, default = preset_config("sketch", "draft"), SketchConfig()
     assert isinstance(draft, SketchConfig) and draft.steps == PRESETS["draft"]["steps"]

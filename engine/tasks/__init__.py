@@ -7,9 +7,9 @@ frozen config dataclass and named presets (dotted overrides on the config's defa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from ..config import config_from_preset
+from ..config import apply_assignments, config_from_preset
 from . import generate, paint, sketch
 
 PRESET_NAMES = ("draft", "standard", "high", "sd")
@@ -26,13 +26,20 @@ class Task:
     presets: Mapping[str, Mapping[str, Any]]
     takes_mesh: bool
 
-    def config(self, preset: str = "standard", overrides: Mapping[str, Any] | None = None):
+    def config(self, preset: str = "standard", overrides: Mapping[str, Any] | None = None,
+               assignments: Sequence[str] = ()):
         """The config of ``preset`` with ``overrides`` on top, validated group by group.
+
+        Args:
+            preset: a name in ``PRESET_NAMES``.
+            overrides: settings by (dotted) name, e.g. ``{"seed": 1, "surface.mesh_resolution": 96}``.
+            assignments: ``"FIELD=VALUE"`` strings as scripts take them, applied last.
 
         Raises:
             ValueError: an unknown preset or setting, or a value its group refuses.
         """
-        return config_from_preset(self.config_class, self.presets, preset, overrides)
+        config = config_from_preset(self.config_class, self.presets, preset, overrides)
+        return apply_assignments(config, assignments)
 
 
 TASKS = {task.name: task for task in (
@@ -45,6 +52,7 @@ TASKS = {task.name: task for task in (
 )}
 
 
-def preset_config(task: str, preset: str = "standard", overrides: Mapping[str, Any] | None = None):
-    """``TASKS[task].config(preset, overrides)``."""
-    return TASKS[task].config(preset, overrides)
+def preset_config(task: str, preset: str = "standard", overrides: Mapping[str, Any] | None = None,
+                  assignments: Sequence[str] = ()):
+    """``TASKS[task].config(preset, overrides, assignments)``."""
+    return TASKS[task].config(preset, overrides, assignments)

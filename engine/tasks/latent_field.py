@@ -27,8 +27,7 @@ from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
 from ..refine import refine_latents
-from ..regularizers import (RegularizerConfig, center_depth_loss, emptiness_loss, emptiness_weight,
-                            opacity_entropy)
+from ..regularizers import RegularizerConfig, center_depth_loss, emptiness_loss, emptiness_weight, opacity_entropy
 from ..renderer import render
 from ..surface import SurfaceConfig, field_surface
 from .common import colour_cameras, plain_background, run_steps

@@ -33,8 +33,15 @@ from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
 from ..raster import render_textured
-from .common import (cancel_token, check_prompt, colour_cameras, encoded_colour, plain_background, run_steps,
-                     seeded_generator)
+from .common import (
+    cancel_token,
+    check_prompt,
+    colour_cameras,
+    encoded_colour,
+    plain_background,
+    run_steps,
+    seeded_generator,
+)
 
 log = logging.getLogger(__name__)
 
