@@ -376,6 +376,55 @@ def welded(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndar
     return unique, inverse.reshape(-1)[np.asarray(faces, dtype=np.int64)]
 
 
+def topology(vertices: np.ndarray, faces: np.ndarray) -> dict:
+    """Handles (genus) of a mesh, from the Euler characteristic of each connected component.
+
+    The mesh is welded by position first (``welded``: UV seams split an engine mesh's vertices,
+    and an unwelded seam reads as a boundary that hides a handle); faces that collapse when
+    welded are dropped.  Per component, genus = (2 - (V - E + F) - boundary loops) / 2.  Returns
+    handles (the components' genera summed), components, boundary_loops (counted as connected
+    sets of boundary edges), euler (V - E + F of the whole welded mesh) and manifold (no edge with
+    more than two faces and every component's genus a whole number).
+
+    Args:
+        vertices: (V, 3) positions.
+        faces: (F, 3) vertex indices.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, f = welded(vertices, faces)
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
+    used, f = np.unique(f, return_inverse=True)
+    f = f.reshape(-1, 3)
+    n = len(used)
+    edges, uses = np.unique(np.sort(f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0, return_counts=True)
+
+    def labels(pairs: np.ndarray) -> tuple[int, np.ndarray]:
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        return connected_components(graph, directed=False)
+
+    count, component = labels(edges) if n else (0, np.zeros(0, dtype=np.int64))
+    boundary = edges[uses == 1]
+    _, loop = labels(boundary) if n else (0, np.zeros(0, dtype=np.int64))
+    on_boundary = np.zeros(n, dtype=bool)
+    on_boundary[boundary.reshape(-1)] = True
+    # Vertices, edges and faces per component (a vertex's component is its label; edges and faces
+    # take their first vertex's).
+    v_c = np.bincount(component, minlength=count)
+    e_c = np.bincount(component[edges[:, 0]], minlength=count)
+    f_c = np.bincount(component[f[:, 0]], minlength=count)
+    loops_c = np.zeros(count, dtype=np.int64)
+    for c in range(count):
+        loops_c[c] = len(np.unique(loop[on_boundary & (component == c)]))
+    twice_genus = 2 - (v_c - e_c + f_c) - loops_c
+    return {
+        "handles": int(np.sum(twice_genus // 2)), "components": int(count), "boundary_loops": int(loops_c.sum()),
+        "euler": int(n - len(edges) + len(f)),
+        "manifold": bool((uses <= 2).all() and (twice_genus % 2 == 0).all()),
+    }
+
+
 def mesh_inside(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(N,) bool: generalised winding number > 1/2 on the welded mesh.
 

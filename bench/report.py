@@ -14,18 +14,53 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Issue #7's targets: (key, label, comparison, goal, unit).
+# The fidelity targets (bench/fidelity.judge's measures): medians over every judged asset.
+# measure: (comparison, goal); bench/run.summarise_fidelity counts the runs within each as well.
+FIDELITY_GOALS = {
+    "chamfer_pct": ("<=", 1.0),
+    "normal_error_deg": ("<=", 6.0),
+    "volume_iou": (">=", 0.90),
+    "albedo_error": ("<=", 0.05),
+    "blotched_share": ("<=", 0.05),
+}
+# Each shape's own medians: at most twice the chamfer, normal and albedo targets, IoU at least 0.8.
+PER_SHAPE_GOALS = {
+    "chamfer_pct": ("<=", 2 * FIDELITY_GOALS["chamfer_pct"][1]),
+    "normal_error_deg": ("<=", 2 * FIDELITY_GOALS["normal_error_deg"][1]),
+    "volume_iou": (">=", 0.80),
+    "albedo_error": ("<=", 2 * FIDELITY_GOALS["albedo_error"][1]),
+}
+# measure: (short name, unit) in the report's tables.
+FIDELITY_NAMES = {"chamfer_pct": ("chamfer", "percent"), "normal_error_deg": ("normal error", "degrees"),
+                  "volume_iou": ("volume IoU", "score"), "albedo_error": ("albedo error", "score"),
+                  "blotched_share": ("blotched", "fraction"), "door_albedo_error": ("door albedo error", "score")}
+# The targets: (key, label, comparison, goal, unit).
 TARGETS = [
-    ("shape_top1", "Shape top-1 accuracy (text-to-3D)", ">=", 0.90, "fraction"),
-    ("colour", "Colour accuracy (text-to-3D)", ">=", 0.97, "fraction"),
-    ("janus", "House Janus rate (door seen from the back)", "<=", 0.10, "fraction"),
-    ("time_per_prop", "Median time per textured prop, CPU", "<=", 60.0, "seconds"),
+    ("shape_top1", "Shape top-1 accuracy (text-to-3D)", ">=", 0.95, "fraction"),
+    ("colour", "Colour accuracy (text-to-3D)", ">=", 1.0, "fraction"),
+    ("door_front", "House front door visible", ">=", 0.80, "fraction"),
+    ("janus", "House Janus rate (door seen from the back)", "<=", 0.05, "fraction"),
+    ("chamfer", "Chamfer to the exact shape (median, % of bbox diagonal)", *FIDELITY_GOALS["chamfer_pct"],
+     "percent"),
+    ("normal_error", "Normal error (median)", *FIDELITY_GOALS["normal_error_deg"], "degrees"),
+    ("volume_iou", "Volume IoU with the exact shape (median)", *FIDELITY_GOALS["volume_iou"], "score"),
+    ("albedo_error", "Albedo error (median)", *FIDELITY_GOALS["albedo_error"], "score"),
+    ("blotched", "Blotched share of the surface (median)", *FIDELITY_GOALS["blotched_share"], "fraction"),
+    ("fidelity_per_shape", "Every shape's medians: ≤ 2× the chamfer, normal, albedo targets; IoU ≥ 0.8", ">=",
+     1.0, "fraction"),
+    ("handles", "Handles right: a torus has exactly one handle, the others none", ">=", 1.0, "fraction"),
+    ("time_per_prop", "Median time per prop, 2-core CPU", "<=", 45.0, "seconds"),
     ("overhead_ratio", "Overhead ratio (SDS step / U-Net CFG forward)", "<=", 1.3, "ratio"),
 ]
+GOALS = {key: goal for key, _, _, goal, _ in TARGETS}
 SERVER_SLOWDOWN_GOAL_PERCENT = 5.0  # bench/server_bench.py's goal under 100 status requests/s
 PHASES = [("optimise_s", "optimisation"), ("colour_s", "colour stage"), ("mesh_s", "mesh + UVs"),
           ("write_s", "file export")]
 PLOTS = {"quality": "quality.png", "speed": "speed.png", "scaling": "scaling.png"}
+SHEET = "fidelity_sheet.png"
+SHEET_ALL_MAX = 16  # up to this many judged assets the contact sheet shows every one
+SHEET_TILE = 128  # pixels per view on the contact sheet
+NOT_MEASURED = "not measured in this run"
 
 
 # ------------------------------------------------------------------------------------- formatting
@@ -40,6 +75,12 @@ def _fmt(value, unit: str) -> str:
         return f"{value:.2f}×"
     if unit == "pp":
         return f"{100 * value:.1f} pp"
+    if unit == "percent":  # a value already in per cent
+        return f"{value:.2f} %"
+    if unit == "degrees":
+        return f"{value:.1f}°"
+    if unit == "score":
+        return f"{value:.3f}"
     return f"{value:g}"
 
 
@@ -80,8 +121,48 @@ def _target(key, label, op, goal, unit, value, basis: str) -> dict:
     return row
 
 
+def shape_fidelity_misses(medians: dict) -> list[str]:
+    """The per-shape goals one shape's medians (``quality.fidelity.by_shape[shape]``) miss, as text."""
+    misses = []
+    for measure, (op, goal) in PER_SHAPE_GOALS.items():
+        value = medians.get(measure)
+        if value is None or (value < goal if op == ">=" else value > goal):
+            name, unit = FIDELITY_NAMES[measure]
+            misses.append(f"{name} {_fmt(value, unit)}")
+    return misses
+
+
+def _fidelity_values(quality: dict, subset: str) -> dict:
+    """Values and bases of the fidelity targets; (None, NOT_MEASURED) for a run without fidelity data."""
+    fidelity = quality.get("fidelity")
+    keys = {"chamfer": "chamfer_pct", "normal_error": "normal_error_deg", "volume_iou": "volume_iou",
+            "albedo_error": "albedo_error", "blotched": "blotched_share"}
+    if not fidelity:
+        return {key: (None, NOT_MEASURED) for key in (*keys, "fidelity_per_shape", "handles")}
+    values = {}
+    for key, measure in keys.items():
+        summary, within = fidelity["overall"].get(measure), fidelity["within_target"].get(measure) or {}
+        values[key] = (summary["median"] if summary else None,
+                       f"median of {fidelity['n']} asset(s){subset}; {within.get('k', 0)}/{within.get('n', 0)} "
+                       "assets within" if summary else NOT_MEASURED)
+    by_shape = fidelity.get("by_shape") or {}
+    missed = {shape: shape_fidelity_misses(m) for shape, m in by_shape.items()}
+    missed = {shape: m for shape, m in missed.items() if m}
+    basis = f"{len(by_shape) - len(missed)}/{len(by_shape)} shapes"
+    if missed:
+        basis += "; " + "; ".join(f"{shape}: {', '.join(m)}" for shape, m in missed.items())
+    values["fidelity_per_shape"] = ((len(by_shape) - len(missed)) / len(by_shape) if by_shape else None, basis)
+    handles = fidelity.get("handles") or {}
+    basis = f"{handles.get('correct', 0)}/{handles.get('n', 0)} runs"
+    if handles.get("misses"):
+        basis += "; " + ", ".join(f"{m['prompt']} s{m['seed']}: {m['handles']}" for m in handles["misses"][:6])
+        basis += " …" if len(handles["misses"]) > 6 else ""
+    values["handles"] = (handles.get("rate"), basis if handles.get("n") else NOT_MEASURED)
+    return values
+
+
 def evaluate_targets(results: dict) -> list[dict]:
-    """Issue #7's five targets, each met / not met with the margin (positive: headroom)."""
+    """The targets (``TARGETS``), each met / not met with the margin (positive: headroom)."""
     quality = results.get("quality") or {}
     settings = results.get("settings") or {}
     full_runs = settings.get("full_prompt_set_runs", 147)
@@ -94,14 +175,17 @@ def evaluate_targets(results: dict) -> list[dict]:
     values = {
         "shape_top1": (shape.get("rate"), f"{shape.get('correct', 0)}/{shape.get('n', 0)} runs{subset}"),
         "colour": (colour.get("rate"), f"{colour.get('correct', 0)}/{colour.get('n', 0)} runs{subset}"),
+        "door_front": (janus["door_in_front"] / janus["n"] if janus.get("n") else None,
+                       f"{janus.get('door_in_front', 0)}/{janus.get('n', 0)} house runs"),
         "janus": (janus.get("rate"), f"{janus.get('correct', 0)}/{janus.get('n', 0)} house runs"),
+        **(_fidelity_values(quality, subset) if quality else {}),
         "time_per_prop": (per_asset["median"] if per_asset else None,
                           f"median of {per_asset['n']} asset(s), {threads} torch thread(s)" if per_asset else ""),
         "overhead_ratio": (overhead["ratio"] if overhead else None,
                            f"{overhead['sds_step_ms']:.1f} ms / {overhead['unet_cfg_forward_ms']:.1f} ms, "
                            f"bench/sds_step.py" if overhead else ""),
     }
-    return [_target(key, label, op, goal, unit, *values[key]) for key, label, op, goal, unit in TARGETS]
+    return [_target(key, label, op, goal, unit, *values.get(key, (None, ""))) for key, label, op, goal, unit in TARGETS]
 
 
 def evaluate_other_bars(results: dict) -> list[dict]:
@@ -124,7 +208,10 @@ def evaluate_other_bars(results: dict) -> list[dict]:
 def _target_rows(targets: list[dict]) -> list[list]:
     rows = []
     for t in targets:
-        goal = f"{'≥' if t['op'] == '>=' else '≤'} {_fmt(t['goal'], t['unit'])}"
+        if t["op"] == ">=" and t["unit"] == "fraction" and t["goal"] == 1.0:
+            goal = "= 100 %"  # nothing can exceed it
+        else:
+            goal = f"{'≥' if t['op'] == '>=' else '≤'} {_fmt(t['goal'], t['unit'])}"
         if t["met"] is None:
             verdict, margin = "not measured", "–"
         else:
@@ -141,8 +228,8 @@ def _plot_quality(results: dict, path: Path) -> bool:
     if not by_shape and not by_colour:
         return False
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    for ax, table, goal, title in ((axes[0], by_shape or {}, 0.90, "Shape top-1 by shape"),
-                                   (axes[1], by_colour or {}, 0.97, "Colour accuracy by colour")):
+    for ax, table, goal, title in ((axes[0], by_shape or {}, GOALS["shape_top1"], "Shape top-1 by shape"),
+                                   (axes[1], by_colour or {}, GOALS["colour"], "Colour accuracy by colour")):
         names = list(table)
         rates = [100 * (table[n]["rate"] or 0) for n in names]
         bars = ax.bar(names, rates, color="#4c72b0")
@@ -177,10 +264,12 @@ def _plot_speed(results: dict, path: Path) -> bool:
         ax.set_ylabel("seconds per asset")
         ax.set_xlim(-0.75, max(len(runs), 4) - 0.25)
         ax.tick_params(axis="x", labelrotation=30)
-        ax.axhline(60, color="#c44e52", linestyle="--", label="target: median ≤ 60 s")
+        ax.axhline(GOALS["time_per_prop"], color="#c44e52", linestyle="--",
+                   label=f"target: median ≤ {GOALS['time_per_prop']:g} s")
     else:
         ax.hist([r["seconds"] for r in runs], bins=20, color="#4c72b0")
-        ax.axvline(60, color="#c44e52", linestyle="--", label="target: median ≤ 60 s")
+        ax.axvline(GOALS["time_per_prop"], color="#c44e52", linestyle="--",
+                   label=f"target: median ≤ {GOALS['time_per_prop']:g} s")
         ax.set_xlabel("seconds per asset")
         ax.set_ylabel("assets")
     ax.set_title("Wall time per textured asset")
@@ -290,17 +379,152 @@ def _quality_md(results: dict, plots: dict) -> list[str]:
     runs = [r for r in q["runs"] if "error" not in r]
     misses = [r for r in runs if not (r["shape_ok"] and r["colour_ok"] and not r.get("janus", False))]
     listed = runs if len(runs) <= 12 else misses
+    judged = bool(q.get("fidelity"))
     if listed:
         heading = ("Every run:" if listed is runs
                    else f"The {len(misses)} runs with a miss (all runs are in results.json):")
+        header = ["prompt", "seed", "judged shape", "IoU margin", "judged colour", "back-door px", "time"]
         out += [heading,
-                "", _table(["prompt", "seed", "judged shape", "IoU margin", "judged colour", "back-door px", "time"],
+                "", _table(header + (["chamfer", "volume IoU", "albedo error", "handles"] if judged else []),
                            [[r["prompt"], r["seed"], r["shape"] if r["shape_ok"] else f"**{r['shape']}**",
                              f"{r['iou_margin']:+.3f}", r["colour"] if r["colour_ok"] else f"**{r['colour']}**",
-                             r.get("door_pixels_back", "–"), _fmt(r["seconds"], "seconds")] for r in listed]), ""]
+                             r.get("door_pixels_back", "–"), _fmt(r["seconds"], "seconds")]
+                            + (_run_fidelity_cells(r) if judged else []) for r in listed]), ""]
     if "quality" in plots:
         out += [f"![accuracy by shape and colour]({plots['quality']})", ""]
+    return out + _fidelity_md(q, plots)
+
+
+def _run_fidelity_cells(r: dict) -> list[str]:
+    f, topology = r.get("fidelity"), r.get("topology")
+    if not f:
+        return ["–"] * 3 + [_fmt(topology["handles"], "") if topology else "–"]
+    handles = "–"
+    if topology:
+        handles = str(topology["handles"]) if r.get("handles_ok") else f"**{topology['handles']}**"
+    return [_fmt(f["chamfer_pct"], "percent"), _fmt(f["volume_iou"], "score"), _fmt(f["albedo_error"], "score"),
+            handles]
+
+
+def _fidelity_md(q: dict, plots: dict) -> list[str]:
+    """The quality section's fidelity part: medians per shape and overall, shares within target, the sheet."""
+    f = q.get("fidelity")
+    if not f:
+        return [f"**Fidelity to the exact shape** (`bench/fidelity.py`): {NOT_MEASURED}.", ""]
+    out = [f"**Fidelity to the exact shape** (`bench/fidelity.py`): each GLB read back and judged in the "
+           f"contract's frame against the exact shape and albedo ({f.get('samples') or 0:,} samples per side, sampling "
+           f"seed {f.get('seed')}), after the timed part, so no time above includes it. Chamfer: mean "
+           "surface-to-surface distance both ways, in % of the exact shape's bounding-box diagonal; normal error: "
+           "median angle to the exact surface's normal; volume IoU on a 64³ lattice; albedo error: median "
+           "largest-channel error against the exact albedo; blotched: share of the surface with an error above "
+           "0.15; door albedo error: the same median over the house's door. Handles: genus from the Euler "
+           "characteristic of the mesh welded by position (UV seams split it), per connected component; right "
+           "means one for a torus and none for the others. Medians per shape and over every judged asset:", ""]
+    measures = list(FIDELITY_NAMES)
+    rows = []
+    for shape, medians in f["by_shape"].items():
+        missed = shape_fidelity_misses(medians)
+        rows.append([shape, medians["n"]] + [_fmt(medians.get(m), FIDELITY_NAMES[m][1]) for m in measures]
+                    + [f"{medians.get('handles_ok', 0)}/{medians['n']}",
+                       "yes" if not missed else "**no**: " + ", ".join(missed)])
+    handles = f.get("handles") or {}
+    rows.append(["**all**", f["n"]] + [_fmt((f["overall"].get(m) or {}).get("median"), FIDELITY_NAMES[m][1])
+                                       for m in measures]
+                + [f"{handles.get('correct', 0)}/{handles.get('n', 0)}", ""])
+    out += [_table(["shape", "assets"] + [FIDELITY_NAMES[m][0] for m in measures]
+                   + ["handles right", "within the per-shape bars"], rows), ""]
+    within = f.get("within_target") or {}
+    if within:
+        out += ["Assets within each target on their own: " + "; ".join(
+            f"{FIDELITY_NAMES[m][0]} {'≥' if w['op'] == '>=' else '≤'} {_fmt(w['goal'], FIDELITY_NAMES[m][1])}: "
+            f"{w['k']}/{w['n']} ({_fmt(w['rate'], 'fraction')})" for m, w in within.items()) + ".", ""]
+    if handles.get("misses"):
+        out += ["Wrong handle counts: " + ", ".join(f"{m['prompt']} seed {m['seed']}: {m['handles']} (want "
+                                                     f"{m['expected']})" for m in handles["misses"]) + ".", ""]
+    if f.get("not_judged"):
+        errors = f.get("errors") or []
+        out += [f"{f['not_judged']} completed run(s) were not judged" + (f" (first error: `{errors[0]['error']}`)"
+                                                                          if errors else "") + ".", ""]
+    if "fidelity_sheet" in plots:
+        out += [f"Contact sheet ({plots.get('fidelity_sheet_rows', '')}): each asset from the front, side, back "
+                "and above, lit by the contract's light, then the exact shape the same way; the label gives the "
+                "prompt, seed and measures.", "", f"![fidelity contact sheet]({plots['fidelity_sheet']})", ""]
+    elif plots.get("fidelity_sheet_note"):
+        out += [f"Contact sheet: {plots['fidelity_sheet_note']}.", ""]
     return out
+
+
+# ---------------------------------------------------------------------------------- contact sheet
+def _badness(run: dict) -> float:
+    """How far a run's worst fidelity measure is past its target: value / goal (IoU: (1 − IoU) / (1 − goal));
+    at most 1 when every measure is within."""
+    f = run["fidelity"]
+    return max((1 - f[m]) / (1 - goal) if op == ">=" else f[m] / goal for m, (op, goal) in FIDELITY_GOALS.items())
+
+
+def sheet_selection(runs: list[dict]) -> tuple[list[tuple[str, dict]], str]:
+    """The runs the contact sheet shows, each with its tag ("", "best" or "worst"), and a line saying which.
+
+    Every judged run up to ``SHEET_ALL_MAX`` of them; beyond, the best and the worst of each shape,
+    ranked by ``_badness`` (the measure furthest past its target)."""
+    judged = [r for r in runs if "error" not in r and r.get("fidelity")]
+    if len(judged) <= SHEET_ALL_MAX:
+        return [("", r) for r in judged], f"all {len(judged)} judged asset(s)"
+    picks = []
+    for shape in dict.fromkeys(r["shape_word"] for r in judged):
+        ranked = sorted((r for r in judged if r["shape_word"] == shape), key=_badness)
+        picks += [("best", ranked[0])] + ([("worst", ranked[-1])] if len(ranked) > 1 else [])
+    iou_goal = FIDELITY_GOALS["volume_iou"][1]
+    return picks, (f"of the {len(judged)} judged assets, the best and the worst of each shape, ranked by the "
+                   f"measure furthest past its target: value / target, for IoU (1 − IoU) / (1 − {iou_goal:g})")
+
+
+def _sheet_label(tag: str, r: dict) -> str:
+    f, topology = r["fidelity"], r.get("topology") or {}
+    lines = [f"{r['prompt']}, seed {r['seed']}" + (f" ({tag})" if tag else ""),
+             f"chamfer {f['chamfer_pct']:.2f}% IoU {f['volume_iou']:.3f}",
+             f"normal {f['normal_error_deg']:.1f} deg" + (f", handles {topology['handles']}" if topology else ""),
+             f"albedo {f['albedo_error']:.3f} blotch {100 * f['blotched_share']:.1f}%"]
+    if f.get("door_albedo_error") is not None:
+        lines.append(f"door albedo {f['door_albedo_error']:.3f}")
+    return "\n".join(lines)
+
+
+def _asset_path(glb: str | None, out_dir: Path) -> Path | None:
+    """A run's GLB: at its recorded path (relative to where the run started) or in ``out_dir/assets``."""
+    if not glb:
+        return None
+    for candidate in (Path(glb), out_dir / "assets" / Path(glb).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def write_sheet(results: dict, out_dir: Path, size: int = SHEET_TILE) -> tuple[Path | None, str]:
+    """Draw ``out_dir/fidelity_sheet.png`` (``bench/fidelity.contact_sheet``) of ``sheet_selection``'s runs.
+
+    Returns (the PNG or None, which rows it shows or why it was not drawn)."""
+    picks, which = sheet_selection(_get(results, "quality", "runs") or [])
+    if not picks:
+        return None, ""
+    from engine.export import load_glb
+
+    from . import fidelity
+
+    rows, missing = [], []
+    for tag, r in picks:
+        path = _asset_path(r.get("glb"), out_dir)
+        if path is None:
+            missing.append(f"{r['prompt']} seed {r['seed']}")
+            continue
+        rows.append(fidelity.SheetRow(_sheet_label(tag, r), load_glb(path), r["shape_word"], r["colour_word"]))
+    if not rows:
+        return None, f"not drawn: the {len(picks)} judged GLB(s) are neither at their recorded paths nor in assets/"
+    path = out_dir / SHEET
+    fidelity.contact_sheet(rows, path, size)
+    if missing:
+        which += f"; left out, GLB not found: {', '.join(missing)}"
+    return path, which
 
 
 def _cases_md(results: dict, name: str, intro: str, header: list[str], row, summary) -> list[str]:
@@ -522,8 +746,9 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
-    """Write REPORT.md and its plots into ``out_dir``; returns what was written by name."""
+def write_report(results: dict, out_dir: Path, sheet_size: int = SHEET_TILE) -> dict[str, Path]:
+    """Write REPORT.md, its plots and the fidelity contact sheet (``write_sheet``, views of
+    ``sheet_size`` pixels) into ``out_dir``; returns what was written by name."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a headless benchmark machine
@@ -540,6 +765,16 @@ def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
         if drawn:
             written[name] = path
             plots[name] = path.name
+    try:
+        sheet, note = write_sheet(results, out_dir, sheet_size)
+    except Exception as exc:  # nor must the contact sheet
+        log.exception("the fidelity contact sheet failed")
+        sheet, note = None, f"not drawn: `{type(exc).__name__}: {exc}`"
+    if sheet:
+        written["fidelity_sheet"] = sheet
+        plots.update(fidelity_sheet=sheet.name, fidelity_sheet_rows=note)
+    elif note:
+        plots["fidelity_sheet_note"] = note
     report = out_dir / "REPORT.md"
     report.write_text(render_markdown(results, plots))
     written["report"] = report
@@ -551,7 +786,7 @@ def console_summary(results: dict) -> str:
     for t in (results.get("targets") or []) + (results.get("other_bars") or []):
         verdict = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT MET") + \
             f" ({_margin_text(t['margin'], t['unit'])})"
-        lines.append(f"  {t['label']:<52} {_fmt(t['value'], t['unit']):>9}  {verdict}")
+        lines.append(f"  {t['label']:<60} {_fmt(t['value'], t['unit']):>9}  {verdict}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,10 @@ Sections, each reusing the project's single-purpose benchmark where one exists:
 * quality -- text-to-3D on the prompt set: ``generate`` with default settings, the GLB written and
   judged by ``bench/text_to_3d_quality.judge`` (shape from 16 silhouettes, colour from the median
   texel); house runs also get ``bench/paint_quality.judge_door`` (door pixels at the contract's front
-  and back views) for the Janus rate;
+  and back views) for the Janus rate; every asset is also judged against the contract's exact shape
+  by ``bench/fidelity.judge`` (chamfer, normal error, volume IoU, albedo error, blotched share, door
+  albedo) and its handles counted (``bench/fidelity.topology``), outside the timed part; the report
+  draws a contact sheet of the judged assets beside the exact shapes;
 * paint, sketch -- issue #6's cases through ``bench/paint_quality.run_case`` and
   ``bench/sketch_quality.run_case``;
 * speed -- per-asset and per-phase times from the quality runs, the SDS/U-Net overhead ratio
@@ -149,20 +152,56 @@ def machine_info(threads: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------- quality
-def quality_run(prior, prompt: str, seed: int, overrides: list[str], workdir: Path) -> dict:
+# The fidelity judge's settings: bench/fidelity.py's default sample count, one fixed sampling seed
+# (the judge's, not the generation's), so the same asset always gets the same measures.
+FIDELITY_SAMPLES = 20_000
+FIDELITY_SEED = 0
+FIDELITY_MEASURES = ("chamfer_pct", "normal_error_deg", "volume_iou", "albedo_error", "blotched_share")
+
+
+def expected_handles(shape_word: str) -> int:
+    """Handles the contract's shape has: one through a torus, none through the others."""
+    return 1 if shape_word == "torus" else 0
+
+
+def judge_fidelity(mesh, shape_word: str, colour_word: str, samples: int = FIDELITY_SAMPLES,
+                   seed: int = FIDELITY_SEED) -> dict:
+    """The run-record keys of one asset's fidelity: ``fidelity`` (``bench/fidelity.judge``'s measures,
+    the judge's settings and its own time, ``judge_s``), ``topology`` (``bench/fidelity.topology`` of
+    the position-welded mesh plus ``handles_expected``) and ``handles_ok``."""
+    from . import fidelity
+
+    began = time.perf_counter()
+    measures = fidelity.judge(mesh, shape_word, colour_word, samples=samples, seed=seed)
+    shape = fidelity.topology(mesh.vertices, mesh.faces)
+    expected = expected_handles(shape_word)
+    return {"fidelity": {**measures, "samples": samples, "seed": seed, "judge_s": time.perf_counter() - began},
+            "topology": {**shape, "handles_expected": expected}, "handles_ok": shape["handles"] == expected}
+
+
+def quality_run(prior, prompt: str, seed: int, overrides: list[str], workdir: Path, fidelity: bool = True) -> dict:
     """One text-to-3D asset, timed and judged exactly as bench/text_to_3d_quality.py does, plus the
-    door check on houses."""
+    door check on houses and (``fidelity``) the fidelity judge and handle count of ``judge_fidelity``.
+
+    Both extra judges read the GLB back after ``run_prompt`` has returned, so neither adds to the
+    record's ``seconds`` or ``timings``."""
     from engine.export import load_glb
 
     from . import text_to_3d_quality as ttq
 
     row = ttq.run_prompt(prior, prompt, task_config("generate", seed, overrides), workdir)
     shape_word, glb = row["shape_word"], Path(row["glb"])
+    mesh = load_glb(glb)  # the asset as delivered: texture, UVs, Blender axes
+    if fidelity:
+        try:  # a judge failure is recorded, and the run keeps its other verdicts
+            row.update(judge_fidelity(mesh, shape_word, row["colour_word"]))
+        except Exception as exc:
+            log.exception("the fidelity judge of %s failed", glb)
+            row["fidelity_error"] = _error(exc)
     if shape_word == "house":
         try:  # paint_quality is still being tuned; a broken import must not cost this run's other verdicts
             from . import paint_quality as pq
 
-            mesh = load_glb(glb)
             door, _ = pq.judge_door(mesh)
             row.update(door)
             row["door_front"] = door["door_pixels_front"] >= pq.DOOR_VISIBLE
@@ -196,6 +235,51 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float] | None:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
+def _medians(rows: list[dict]) -> dict:
+    """Median of each fidelity measure over ``rows`` (door albedo over the rows that have one) and n."""
+    out = {m: statistics.median(r["fidelity"][m] for r in rows) for m in FIDELITY_MEASURES}
+    doors = [r["fidelity"]["door_albedo_error"] for r in rows if r["fidelity"].get("door_albedo_error") is not None]
+    out["door_albedo_error"] = statistics.median(doors) if doors else None
+    out["handles_ok"] = sum(bool(r.get("handles_ok")) for r in rows)
+    out["n"] = len(rows)
+    return out
+
+
+def summarise_fidelity(runs: list[dict]) -> dict | None:
+    """Fidelity over the judged runs: ``overall`` (median, mean, min, max, n of each measure over every
+    judged run), ``by_shape`` (each shape's medians), ``within_target`` (per measure, the runs whose own
+    value meets the overall target of bench/report.FIDELITY_GOALS) and ``handles`` (the runs whose
+    handle count is the shape's: one for a torus, none otherwise). None when no run was judged."""
+    from .report import FIDELITY_GOALS
+
+    ok = [r for r in runs if "error" not in r]
+    judged = [r for r in ok if r.get("fidelity")]
+    if not judged:
+        return None
+    overall = {m: _summary([r["fidelity"][m] for r in judged]) for m in FIDELITY_MEASURES}
+    overall["door_albedo_error"] = _summary([r["fidelity"]["door_albedo_error"] for r in judged
+                                             if r["fidelity"].get("door_albedo_error") is not None])
+    within = {}
+    for measure, (op, goal) in FIDELITY_GOALS.items():
+        k = sum((r["fidelity"][measure] >= goal) if op == ">=" else (r["fidelity"][measure] <= goal) for r in judged)
+        within[measure] = {"op": op, "goal": goal, "k": k, "n": len(judged), "rate": k / len(judged)}
+    counted = [r for r in judged if "handles_ok" in r]
+    return {
+        "n": len(judged), "not_judged": len(ok) - len(judged),
+        "errors": [{"prompt": r["prompt"], "seed": r["seed"], "error": r["fidelity_error"]}
+                   for r in ok if "fidelity_error" in r],
+        "samples": judged[0]["fidelity"].get("samples"), "seed": judged[0]["fidelity"].get("seed"),
+        "overall": overall,
+        "by_shape": {s: _medians([r for r in judged if r["shape_word"] == s])
+                     for s in contract.SHAPES if any(r["shape_word"] == s for r in judged)},
+        "within_target": within,
+        "handles": {**_rate(counted, "handles_ok"),
+                    "misses": [{"prompt": r["prompt"], "seed": r["seed"], "handles": r["topology"]["handles"],
+                                "expected": r["topology"]["handles_expected"]}
+                               for r in counted if not r["handles_ok"]]},
+    }
+
+
 def summarise_quality(runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     houses = [r for r in ok if r["shape_word"] == "house" and "janus" in r]
@@ -209,6 +293,7 @@ def summarise_quality(runs: list[dict]) -> dict:
         "janus": {**_rate(houses, "janus"), "door_in_front": sum(r["door_front"] for r in houses),
                   "lit": _rate([r for r in houses if "janus_lit" in r], "janus_lit")},
         "by_shape": by_shape, "by_colour": by_colour,
+        "fidelity": summarise_fidelity(runs),
     }
 
 
@@ -220,10 +305,13 @@ def run_quality(prior, prompts, seeds, overrides, out_dir: Path) -> dict:
         for prompt in prompts:
             try:
                 row = quality_run(prior, prompt, seed, overrides, workdir)
-                log.info("quality %d/%d %-20s seed %d: %5.1f s  shape %-8s %s  colour %-6s %s%s", len(runs) + 1,
+                log.info("quality %d/%d %-20s seed %d: %5.1f s  shape %-8s %s  colour %-6s %s%s%s", len(runs) + 1,
                          total, prompt, seed, row["seconds"], row["shape"], "ok" if row["shape_ok"] else "MISS",
                          row["colour"], "ok" if row["colour_ok"] else "MISS",
-                         f"  back-door px {row['door_pixels_back']}" if "janus" in row else "")
+                         f"  back-door px {row['door_pixels_back']}" if "janus" in row else "",
+                         "  chamfer {chamfer_pct:.2f} %  IoU {volume_iou:.3f}  albedo {albedo_error:.3f}".format(
+                             **row["fidelity"]) + f"  handles {row['topology']['handles']}"
+                         if "fidelity" in row else "")
             except Exception as exc:  # one broken run must not cost the other 146
                 log.exception("quality run %r seed %d failed", prompt, seed)
                 row = {"prompt": prompt, "seed": seed, "error": _error(exc)}
@@ -336,7 +424,7 @@ def steps_scaling(prior, base_steps: int, factors: list[float], overrides: list[
         reused = next((r for r in quality_runs if "error" not in r and r["prompt"] == SCALING_PROMPT
                        and r["seed"] == 0 and r["steps"] == steps), None)
         run = reused or quality_run(prior, SCALING_PROMPT, 0, [*overrides, f"steps={steps}"],
-                                    _folder(workdir / f"steps{steps}"))
+                                    _folder(workdir / f"steps{steps}"), fidelity=False)
         rows.append({"steps": steps, "seconds": run["seconds"], "timings": run["timings"],
                      "sds_its_per_s": run["sds_its_per_s"], "reused_quality_run": reused is not None})
         log.info("steps %5d: %.1f s end to end%s", steps, run["seconds"], " (the quality run)" if reused else "")

@@ -42,13 +42,25 @@ def _run(prompt, seed, shape, colour, seconds, **extra):
             "colour": colour, "colour_ok": colour == colour_word, "colour_distance": 0.05, **extra}
 
 
+def _fidelity(chamfer, normal, iou, albedo, blotched, door=None, handles=0, expected=0):
+    """A run record's fidelity keys, as bench/run.judge_fidelity writes them."""
+    return {"fidelity": {"chamfer_pct": chamfer, "normal_error_deg": normal, "volume_iou": iou, "albedo_error": albedo,
+                         "blotched_share": blotched, "door_albedo_error": door, "asset_to_exact_pct": chamfer,
+                         "exact_to_asset_pct": chamfer, "samples": 20_000, "seed": 0, "judge_s": 0.5},
+            "topology": {"handles": handles, "components": 1, "boundary_loops": 0, "euler": 2 - 2 * handles,
+                         "manifold": True, "handles_expected": expected},
+            "handles_ok": handles == expected}
+
+
 def synthetic_results() -> dict:
+    # Fidelity medians over the four judged runs: chamfer 0.85 %, normal 6.75 deg, IoU 0.92, albedo 0.035,
+    # blotched 2.5 %; every shape within its own bars; every handle count right.
     runs = [
-        _run("a red cube", 0, "cube", "red", 22.0),
-        _run("a blue sphere", 0, "sphere", "blue", 24.0),
+        _run("a red cube", 0, "cube", "red", 22.0, **_fidelity(0.5, 4.0, 0.95, 0.02, 0.01)),
+        _run("a blue sphere", 0, "sphere", "blue", 24.0, **_fidelity(0.8, 6.5, 0.93, 0.03, 0.02)),
         _run("a green house", 0, "cube", "green", 30.0, door_pixels_front=40, door_pixels_back=3,
-             door_front=True, janus=False),
-        _run("a yellow cone", 0, "cone", "white", 70.0),
+             door_front=True, janus=False, **_fidelity(1.5, 7.0, 0.88, 0.04, 0.03, door=0.3)),
+        _run("a yellow cone", 0, "cone", "white", 70.0, **_fidelity(0.9, 8.0, 0.91, 0.08, 0.10)),
         {"prompt": "a purple torus", "seed": 0, "error": "RuntimeError: boom"},
     ]
     results = {
@@ -94,12 +106,50 @@ def synthetic_results() -> dict:
 
 def test_targets_are_judged_with_margins():
     targets = {t["key"]: t for t in synthetic_results()["targets"]}
+    assert targets["shape_top1"]["goal"] == 0.95
     assert targets["shape_top1"]["value"] == 0.75 and targets["shape_top1"]["met"] is False  # the failed run is out
-    assert abs(targets["shape_top1"]["margin"] - (-0.15)) < 1e-9
-    assert targets["colour"]["met"] is False
-    assert targets["janus"]["value"] == 0.0 and targets["janus"]["met"] is True
-    assert targets["time_per_prop"]["value"] == 27.0 and targets["time_per_prop"]["met"] is True
+    assert abs(targets["shape_top1"]["margin"] - (-0.20)) < 1e-9
+    assert targets["colour"]["goal"] == 1.0 and targets["colour"]["met"] is False
+    assert targets["door_front"]["goal"] == 0.80 and targets["door_front"]["value"] == 1.0  # 1/1 house run
+    assert targets["janus"]["goal"] == 0.05 and targets["janus"]["value"] == 0.0 and targets["janus"]["met"] is True
+    assert targets["time_per_prop"]["goal"] == 45.0 and targets["time_per_prop"]["label"] == \
+        "Median time per prop, 2-core CPU"
+    assert targets["time_per_prop"]["value"] == 27.0 and abs(targets["time_per_prop"]["margin"] - 18.0) < 1e-9
     assert targets["overhead_ratio"]["met"] is False and abs(targets["overhead_ratio"]["margin"] + 0.05) < 1e-9
+
+
+def test_fidelity_targets_are_the_medians_over_every_judged_asset_against_their_goals():
+    targets = {t["key"]: t for t in synthetic_results()["targets"]}
+    expected = {"chamfer": ("<=", 1.0, 0.85, True), "normal_error": ("<=", 6.0, 6.75, False),
+                "volume_iou": (">=", 0.90, 0.92, True), "albedo_error": ("<=", 0.05, 0.035, True),
+                "blotched": ("<=", 0.05, 0.025, True)}
+    for key, (op, goal, value, met) in expected.items():
+        t = targets[key]
+        assert (t["op"], t["goal"], t["met"]) == (op, goal, met), key
+        assert abs(t["value"] - value) < 1e-9, key
+    assert abs(targets["normal_error"]["margin"] + 0.75) < 1e-9  # missed by 0.75 deg
+    assert targets["chamfer"]["basis"].startswith("median of 4 asset(s)")
+    assert targets["fidelity_per_shape"]["value"] == 1.0 and targets["fidelity_per_shape"]["met"] is True
+    assert targets["handles"]["value"] == 1.0 and targets["handles"]["met"] is True
+
+
+def test_a_shape_past_its_own_bar_or_a_wrong_handle_count_misses_its_target(tmp_path):
+    results = copy.deepcopy(synthetic_results())
+    runs = results["quality"]["runs"]
+    runs[3]["fidelity"]["volume_iou"] = 0.70  # the cone alone: below the per-shape IoU bar of 0.8
+    runs[1].update(_fidelity(0.8, 6.5, 0.93, 0.03, 0.02, handles=1))  # a sphere with a handle
+    results["quality"].update(summarise_quality(runs))
+    results["targets"] = report.evaluate_targets(results)
+    targets = {t["key"]: t for t in results["targets"]}
+    per_shape = targets["fidelity_per_shape"]
+    assert per_shape["value"] == 3 / 4 and per_shape["met"] is False  # cube, sphere, house and cone judged
+    assert "cone: volume IoU 0.700" in per_shape["basis"]
+    assert targets["handles"]["value"] == 0.75 and targets["handles"]["met"] is False
+    assert "a blue sphere s0: 1" in targets["handles"]["basis"]
+    assert targets["volume_iou"]["met"] is True  # the median over all four assets is still 0.905
+    text = report.write_report(results, tmp_path)["report"].read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| Handles right"))
+    assert "| **not met** |" in row and "missed by 25.0 pp" in row
 
 
 def test_report_has_the_targets_table_and_writes_the_plots(tmp_path):
@@ -108,10 +158,12 @@ def test_report_has_the_targets_table_and_writes_the_plots(tmp_path):
     text = (tmp_path / "REPORT.md").read_text()
     assert "## Targets (issue #7)" in text
     assert "| target | goal | measured | verdict | margin | basis |" in text
-    for label in ("Shape top-1 accuracy", "Colour accuracy", "House Janus rate", "Median time per textured prop",
-                  "Overhead ratio"):
+    for label in ("Shape top-1 accuracy", "Colour accuracy", "House front door visible", "House Janus rate",
+                  "Chamfer to the exact shape", "Normal error", "Volume IoU", "Albedo error", "Blotched share",
+                  "Every shape's medians", "Handles right", "Median time per prop, 2-core CPU", "Overhead ratio"):
         assert label in text
-    assert "missed by 15.0 pp" in text and "met by 33.0 s" in text and "missed by 0.05×" in text
+    assert "missed by 20.0 pp" in text and "met by 18.0 s" in text and "missed by 0.05×" in text
+    assert "| ≤ 45.0 s |" in text and "| = 100 % |" in text
     assert "No GPU was available" in text and "python -m bench --quick" in text
     assert "subset" in text  # quick mode must say its accuracy is on a subset
     for name in ("quality", "speed", "scaling"):
@@ -134,6 +186,136 @@ def test_missing_and_failed_sections_are_reported_not_guessed(tmp_path):
     assert text.count("not measured") >= 5
     assert "RuntimeError: no prior" in text and "--skip speed" in text
     assert "quality" not in written and not (tmp_path / report.PLOTS["quality"]).exists()
+
+
+def test_fidelity_summary_gives_each_shapes_medians_the_overall_medians_and_the_shares_within_target():
+    runs = [
+        _run("a red cube", 0, "cube", "red", 20.0, **_fidelity(0.4, 3.0, 0.96, 0.01, 0.00)),
+        _run("a red cube", 1, "cube", "red", 20.0, **_fidelity(0.6, 5.0, 0.92, 0.03, 0.04)),
+        _run("a blue cube", 0, "cube", "blue", 20.0, **_fidelity(1.4, 9.0, 0.85, 0.07, 0.20)),
+        _run("a green torus", 0, "torus", "green", 20.0, **_fidelity(2.0, 10.0, 0.80, 0.04, 0.02, expected=1)),
+        _run("a white house", 0, "house", "white", 20.0, **_fidelity(0.9, 5.5, 0.91, 0.02, 0.01, door=0.25)),
+        _run("a red cone", 0, "cone", "red", 20.0, fidelity_error="ValueError: judge broke"),
+        {"prompt": "a red sphere", "seed": 0, "error": "RuntimeError: boom"},
+    ]
+    f = summarise_quality(runs)["fidelity"]
+    assert (f["n"], f["not_judged"], f["samples"], f["seed"]) == (5, 1, 20_000, 0)
+    assert f["errors"] == [{"prompt": "a red cone", "seed": 0, "error": "ValueError: judge broke"}]
+    assert list(f["by_shape"]) == ["cube", "torus", "house"]  # contract order; no cone or sphere medians
+    cube = f["by_shape"]["cube"]
+    assert (cube["chamfer_pct"], cube["normal_error_deg"], cube["volume_iou"], cube["albedo_error"],
+            cube["blotched_share"], cube["door_albedo_error"], cube["handles_ok"], cube["n"]) == \
+        (0.6, 5.0, 0.92, 0.03, 0.04, None, 3, 3)
+    assert f["by_shape"]["torus"]["chamfer_pct"] == 2.0 and f["by_shape"]["torus"]["handles_ok"] == 0
+    assert f["by_shape"]["house"]["door_albedo_error"] == 0.25
+    assert f["overall"]["chamfer_pct"]["median"] == 0.9 and f["overall"]["chamfer_pct"]["n"] == 5
+    assert f["overall"]["volume_iou"]["median"] == 0.91 and f["overall"]["volume_iou"]["min"] == 0.80
+    assert f["overall"]["door_albedo_error"]["n"] == 1  # houses only
+    within = f["within_target"]
+    assert (within["chamfer_pct"]["k"], within["volume_iou"]["k"], within["blotched_share"]["k"]) == (3, 3, 4)
+    assert within["blotched_share"]["n"] == 5 and within["blotched_share"]["rate"] == 0.8
+    assert (f["handles"]["correct"], f["handles"]["n"]) == (4, 5)
+    assert f["handles"]["misses"] == [{"prompt": "a green torus", "seed": 0, "handles": 0, "expected": 1}]
+    assert summarise_quality(runs[-2:])["fidelity"] is None  # nothing judged: no figures, not zeros
+
+
+def test_handles_are_counted_on_the_position_welded_mesh_so_uv_seams_do_not_hide_a_torus_hole():
+    import numpy as np
+    import trimesh
+
+    from bench import fidelity
+    from engine.export import unwrap
+    from primitive_world.meshes import contract_mesh
+
+    torus = contract_mesh("torus")
+    blurred_torus = fidelity.blurred_reference("torus", resolution=32)  # marching cubes, as the engine meshes
+    for name, (vertices, faces), handles in (("torus", (torus.vertices, torus.faces), 1),
+                                              ("marching-cubes torus", blurred_torus, 1),
+                                              ("sphere", (contract_mesh("sphere").vertices,
+                                                          contract_mesh("sphere").faces), 0)):
+        v, f, _ = unwrap(np.asarray(vertices, np.float32), np.asarray(faces, np.int32), 256)
+        assert len(v) > len(np.unique(v, axis=0)), name  # xatlas split the vertices along its seams
+        assert trimesh.Trimesh(v, f, process=False).euler_number != 2 - 2 * handles, name  # unwelded: misleading
+        counted = fidelity.topology(v, f)
+        assert counted["handles"] == handles, (name, counted)
+        assert (counted["components"], counted["boundary_loops"], counted["manifold"]) == (1, 0, True), name
+    assert [run.expected_handles(s) for s in ("torus", "sphere", "house")] == [1, 0, 0]
+
+
+def test_handles_are_summed_over_components_and_a_hole_is_a_boundary_not_a_handle():
+    import trimesh
+
+    from bench import fidelity
+    from primitive_world.meshes import contract_mesh
+
+    torus, sphere = contract_mesh("torus"), contract_mesh("sphere").apply_translation([2.0, 0.0, 0.0])
+    both = trimesh.util.concatenate([torus, sphere])
+    assert {k: fidelity.topology(both.vertices, both.faces)[k] for k in ("handles", "components")} == \
+        {"handles": 1, "components": 2}
+    cube = contract_mesh("cube")
+    open_cube = fidelity.topology(cube.vertices, cube.faces[1:])  # one triangle missing
+    assert (open_cube["handles"], open_cube["boundary_loops"]) == (0, 1)
+
+
+def test_report_writes_the_fidelity_contact_sheet_of_the_judged_assets_and_links_it(tmp_path):
+    from PIL import Image
+
+    from bench import fidelity
+    from engine.export import write_glb
+
+    results = copy.deepcopy(synthetic_results())
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    judged = [r for r in results["quality"]["runs"] if "fidelity" in r]
+    for r in judged:
+        path = assets / f"{r['prompt'].replace(' ', '_')}_seed{r['seed']}.glb"
+        write_glb(path, fidelity.exact_textured(r["shape_word"], r["colour_word"], size=64))
+        r["glb"] = str(path)
+    judged[0]["glb"] = "out/bench/elsewhere/assets/" + Path(judged[0]["glb"]).name  # found in out_dir/assets
+    written = report.write_report(results, tmp_path, sheet_size=32)
+    sheet = tmp_path / report.SHEET
+    assert written["fidelity_sheet"] == sheet and sheet.read_bytes()[:8] == PNG_MAGIC
+    assert Image.open(sheet).size[1] == fidelity.SHEET_HEADER + len(judged) * 32  # one row per judged asset
+    text = written["report"].read_text()
+    assert f"![fidelity contact sheet]({report.SHEET})" in text and "all 4 judged asset(s)" in text
+    house = next(r for r in judged if r["shape_word"] == "house")
+    label = report._sheet_label("", house)
+    assert label.startswith("a green house, seed 0") and "chamfer 1.50%" in label and "door albedo 0.300" in label
+
+
+def test_without_the_judged_glbs_the_report_says_the_sheet_was_not_drawn(tmp_path):
+    written = report.write_report(synthetic_results(), tmp_path)  # synthetic runs name no GLB
+    assert "fidelity_sheet" not in written and not (tmp_path / report.SHEET).exists()
+    assert "Contact sheet: not drawn" in written["report"].read_text()
+
+
+def test_sheet_of_a_large_run_shows_the_best_and_the_worst_asset_of_each_shape():
+    runs = [_run("a red cube", k, "cube", "red", 20.0, **_fidelity(0.1 * (k + 1), 1.0, 0.99, 0.01, 0.0))
+            for k in range(10)]
+    # The tori differ in albedo only: the worst is the one furthest past the albedo target.
+    runs += [_run("a red torus", k, "torus", "red", 20.0, **_fidelity(0.2, 1.0, 0.99, 0.02 + 0.01 * (7 * k % 10),
+                                                                      0.0, handles=1, expected=1))
+             for k in range(10)]
+    picks, which = report.sheet_selection(runs)
+    assert [(tag, r["shape_word"], r["seed"]) for tag, r in picks] == [
+        ("best", "cube", 0), ("worst", "cube", 9), ("best", "torus", 0), ("worst", "torus", 7)]
+    assert "best and the worst of each shape" in which and "20 judged" in which
+    few, which = report.sheet_selection(runs[:report.SHEET_ALL_MAX])
+    assert len(few) == report.SHEET_ALL_MAX and all(tag == "" for tag, _ in few)
+
+
+def test_committed_reports_from_before_the_fidelity_judge_still_render(tmp_path):
+    for mode in ("quick", "full"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        (folder / "results.json").write_bytes((ROOT / "bench" / "reports" / mode / "results.json").read_bytes())
+        assert report.main([str(folder / "results.json")]) == 0
+        text = (folder / "REPORT.md").read_text()
+        assert "**Fidelity to the exact shape** (`bench/fidelity.py`): not measured in this run." in text
+        chamfer = next(line for line in text.splitlines() if line.startswith("| Chamfer to the exact shape"))
+        assert "| not measured |" in chamfer
+        assert "| Median time per prop, 2-core CPU | ≤ 45.0 s |" in text
+        assert not (folder / report.SHEET).exists()
 
 
 def test_wilson_interval_brackets_the_rate():
@@ -191,6 +373,48 @@ def test_quality_run_generates_judges_and_checks_the_door_of_a_house(tiny, tmp_p
     glb = Path(row["glb"])
     assert glb.parent == tmp_path and glb.exists() and not glb.with_suffix(".obj").exists()
     assert summarise_quality([row])["janus"]["n"] == 1
+
+
+def test_quality_run_record_carries_the_fidelity_measures_judged_outside_the_timing(tiny, tmp_path, monkeypatch):
+    from bench import fidelity, text_to_3d_quality
+    from engine.export import load_glb
+
+    events, timed = [], {}
+    real_run_prompt, real_judge = text_to_3d_quality.run_prompt, fidelity.judge
+
+    def run_prompt(*args, **kwargs):
+        row = real_run_prompt(*args, **kwargs)
+        timed.update(seconds=row["seconds"], timings=dict(row["timings"]))
+        events.append("generated and timed")
+        return row
+
+    def judge(*args, **kwargs):
+        events.append("judged")
+        return real_judge(*args, **kwargs)
+
+    monkeypatch.setattr(text_to_3d_quality, "run_prompt", run_prompt)
+    monkeypatch.setattr(fidelity, "judge", judge)
+    row = run.quality_run(tiny, "a red torus", 0, SMALL_GENERATE, tmp_path)
+    assert "fidelity_error" not in row, row.get("fidelity_error")
+    assert events == ["generated and timed", "judged"]
+    assert row["seconds"] == timed["seconds"] and row["timings"] == timed["timings"]  # no judging time added
+    mesh = load_glb(row["glb"])
+    again = real_judge(mesh, "torus", "red", samples=run.FIDELITY_SAMPLES, seed=run.FIDELITY_SEED)
+    assert {k: row["fidelity"][k] for k in again} == again  # the GLB as written, judged reproducibly
+    assert (row["fidelity"]["samples"], row["fidelity"]["seed"]) == (run.FIDELITY_SAMPLES, run.FIDELITY_SEED)
+    assert set(run.FIDELITY_MEASURES) <= row["fidelity"].keys()
+    assert row["topology"]["handles"] == fidelity.topology(mesh.vertices, mesh.faces)["handles"]
+    assert row["topology"]["handles_expected"] == 1 and row["handles_ok"] == (row["topology"]["handles"] == 1)
+
+
+def test_steps_scaling_runs_are_not_judged_for_fidelity(tiny, tmp_path, monkeypatch):
+    from bench import fidelity
+
+    judged = []
+    monkeypatch.setattr(fidelity, "judge", lambda *args, **kwargs: judged.append(args))
+    rows = run.steps_scaling(tiny, 4, [1.0], SMALL_GENERATE, [], tmp_path)
+    assert rows[0]["steps"] == 4 and rows[0]["reused_quality_run"] is False
+    assert judged == []
 
 
 def test_paint_section_runs_a_case_through_paint_quality(tiny, tmp_path):
