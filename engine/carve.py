@@ -20,12 +20,13 @@ from .occupancy import lattice
 from .renderer import render
 
 
-def background_votes(points: np.ndarray, views: list[DecodedView], threshold: float) -> np.ndarray:
-    """For each world point (N, 3): how many views show background where it projects."""
+def background_votes(points: np.ndarray, views: list[DecodedView], threshold: float, grow: int = 1) -> np.ndarray:
+    """For each world point (N, 3): how many views show background where it projects, with each
+    view's object mask grown by ``grow`` pixels (1 never bites into the silhouette's edge)."""
     votes = np.zeros(len(points), dtype=np.int32)
     for view in views:
         height, width = view.image.shape[:2]
-        mask = foreground_mask(view, threshold, grow=1)  # never bite into the silhouette's edge
+        mask = foreground_mask(view, threshold, grow=grow)
         rows, cols, inside = pixel_indices(*project(points, view.camera, width, height), width, height)
         votes[inside] += ~mask[rows[inside], cols[inside]]
     return votes

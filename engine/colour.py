@@ -32,18 +32,28 @@ MAX_FILL_SOURCES = 20_000
 class ColourConfig:
     """The colour stage of a field task: which views are decoded, and the texture baked from them."""
 
-    view_azimuths: int = 8  # per ring; two rings, plus the rig
+    view_azimuths: int = 8  # per ring, plus the rig
+    view_rings: int = 4  # the surface's hull needs high views (a torus's hole) as well as low ones
     refine: RefineConfig = RefineConfig(strength=0.3)
     # Colour difference from a decoded view's background that counts as object: the pixels that may
     # colour the surface, and the masks the surface stage follows.
     foreground_threshold: float = 0.1
     texture_size: int = 1024
     delight: bool = True  # albedo texture: the prior's known light (PriorMetadata.lighting) divided out
+    # The texture's noise flattened on the surface (``flattened``): cells across the scene box,
+    # diffusion passes and the colour difference that still counts as the same colour. 0 passes skip it.
+    flatten_cells: int = 64
+    flatten_iterations: int = 200
+    flatten_sigma: float = 0.1
 
     def __post_init__(self) -> None:
         check_int("colour.view_azimuths", self.view_azimuths, 1, 64)
+        check_int("colour.view_rings", self.view_rings, 1, 16)
         check_number("colour.foreground_threshold", self.foreground_threshold, 0, 1)
         check_int("colour.texture_size", self.texture_size, *TEXTURE_SIZE_RANGE)
+        check_int("colour.flatten_cells", self.flatten_cells, 4, 4096)
+        check_int("colour.flatten_iterations", self.flatten_iterations, 0, 1000)
+        check_number("colour.flatten_sigma", self.flatten_sigma, 0, 10, low_open=True)
 
 
 @dataclass
@@ -163,6 +173,40 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
         _, nearest = cKDTree(points[sources]).query(points[~seen])
         colours[~seen] = colours[sources][nearest]
     return np.clip(colours, 0, 1), seen
+
+
+def flattened(points: np.ndarray, colours: np.ndarray, cell: float, iterations: int, sigma: float) -> np.ndarray:
+    """Colours (N, 3) of surface points (N, 3) with their noise flattened and their edges kept.
+
+    Texels are noisy where few views agree, and an object of one colour comes out blotchy. The
+    points are grouped into cubic cells of side ``cell``; the cells' mean colours diffuse into their
+    neighbours' ``iterations`` times, each neighbour weighted by how alike the two colours are
+    (a bilateral filter on the surface: ``sigma`` in the largest channel). Each point then takes the
+    smoothed colour, among its four nearest cells, closest to its own, so a door's edge stays
+    where the texels put it rather than on the cell grid."""
+    keys = np.floor(points / cell).astype(np.int64)
+    _, cluster, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    cluster = cluster.reshape(-1)
+    centres = np.zeros((len(counts), 3))
+    means = np.zeros((len(counts), 3))
+    np.add.at(centres, cluster, points)
+    np.add.at(means, cluster, colours)
+    centres /= counts[:, None]
+    means /= counts[:, None]
+    tree = cKDTree(centres)
+    neighbours = min(9, len(centres))
+    distance, index = tree.query(centres, k=neighbours, distance_upper_bound=2.0 * cell)
+    valid = np.isfinite(distance)
+    index = np.where(valid, index, 0)
+    for _ in range(iterations):
+        difference = np.abs(means[index] - means[:, None]).max(axis=-1)
+        weight = np.where(valid, np.exp(-((difference / sigma) ** 2)), 0.0)
+        means = (weight[..., None] * means[index]).sum(axis=1) / weight.sum(axis=1, keepdims=True)
+    _, nearest = tree.query(points, k=min(4, len(centres)))
+    nearest = nearest.reshape(len(points), -1)
+    candidates = means[nearest]
+    choice = np.abs(candidates - colours[:, None]).max(axis=-1).argmin(axis=1)
+    return candidates[np.arange(len(points)), choice]
 
 
 def albedo(colours: np.ndarray, normals: np.ndarray, lighting: Lighting | None) -> np.ndarray:

@@ -50,6 +50,24 @@ def check_steps(steps: Any) -> None:
     check_int("steps", steps, 1, MAX_STEPS)
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """The settings every task has; each task adds its own groups."""
+
+    steps: int = 600
+    seed: int = 0
+    negative_prompt: str = ""
+    view_dependent_prompts: bool = True
+    preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("preview_every", self.preview_every, 0)
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError("negative_prompt must be text")
+
+
 def with_overrides(config, overrides: Mapping[str, Any]):
     """``config`` with ``overrides`` applied: keys are field names, dotted to reach into groups
     (``"surface.mesh_resolution"``), and a group's own name replaces the whole group. Every group

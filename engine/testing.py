@@ -32,8 +32,9 @@ def tiny_tokenizer(max_length: int = 12):
                                    bos_token="[BOS]", eos_token="[EOS]", model_max_length=max_length)
 
 
-def tiny_components(prediction_type: str = "epsilon", seed: int = 0, latent_size: int = 8):
-    """(unet, vae, text_encoder, tokenizer, scheduler): about 0.3M parameters in all."""
+def tiny_components(prediction_type: str = "epsilon", seed: int = 0, latent_size: int = 8, vae_scale: int = 2):
+    """(unet, vae, text_encoder, tokenizer, scheduler): about 0.3M parameters in all.
+    ``vae_scale``: how many image pixels a latent pixel covers (2, 4 or 8; Stable Diffusion's is 8)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -50,18 +51,19 @@ def tiny_components(prediction_type: str = "epsilon", seed: int = 0, latent_size
             block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
             attention_head_dim=4, norm_num_groups=8)
+        blocks = 1 + {2: 1, 4: 2, 8: 3}[vae_scale]  # each block after the first halves the image
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-            layers_per_block=1, norm_num_groups=4, sample_size=latent_size * 2)
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * (blocks - 1) + (16,),
+            down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+            layers_per_block=1, norm_num_groups=4, sample_size=latent_size * vae_scale)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type=prediction_type)
     return unet, vae, text_encoder, tokenizer, scheduler
 
 
-def tiny_metadata(latent_size: int = 8) -> PriorMetadata:
+def tiny_metadata(latent_size: int = 8, vae_scale: int = 2) -> PriorMetadata:
     return PriorMetadata(
-        name="tiny-random", image_size=latent_size * 2, latent_size=latent_size,
+        name="tiny-random", image_size=latent_size * vae_scale, latent_size=latent_size,
         camera=CameraConvention(distance=(2.0, 2.2), fov_y_deg=(40.0, 45.0), elevation_deg=(0.0, 45.0),
                                 overhead_elevation_deg=40.0),
         scene_bound=0.75, background_rgb=(1.0, 1.0, 1.0))

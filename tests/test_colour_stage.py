@@ -134,7 +134,9 @@ def test_albedo_divides_the_light_out_and_keeps_the_hue_where_that_overshoots():
 def test_albedo_texture_is_the_baked_colour_with_the_prior_lighting_divided_out():
     lighting = Lighting()
     lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
-    config = {"steps": 4, "field.grid_resolution": 24, "surface.mesh_resolution": 32, "colour.texture_size": 512}
+    # Flattening off: it works on the albedo, after the division this test checks.
+    config = {"steps": 4, "field.grid_resolution": 24, "surface.mesh_resolution": 32, "colour.texture_size": 512,
+              "colour.flatten_iterations": 0}
     unlit_config = preset_config("generate", "draft", {"colour.delight": False, **config})
     lit = generate("a red cube", lit_prior, unlit_config).mesh
     delit = generate("a red cube", lit_prior, preset_config("generate", "draft", config)).mesh
@@ -143,3 +145,34 @@ def test_albedo_texture_is_the_baked_colour_with_the_prior_lighting_divided_out(
     expected = albedo(lit.texture[rows, cols] / 255.0, normals, lighting)
     assert np.abs(delit.texture[rows, cols] / 255.0 - expected).max() < 4 / 255  # 8-bit rounding, over 0.4
     assert (delit.texture[rows, cols].astype(int) >= lit.texture[rows, cols]).all()
+
+
+def test_flattening_takes_the_noise_out_of_one_colour_and_keeps_a_door_edge_crisp():
+    from engine.colour import flattened
+
+    rng = np.random.default_rng(0)
+    x, z = np.meshgrid(np.linspace(-0.35, 0.35, 200), np.linspace(-0.45, 0.1, 160))
+    points = np.stack([x.ravel(), np.full(x.size, -0.3), z.ravel()], axis=1)
+    door = (np.abs(points[:, 0]) < 0.1) & (points[:, 2] < -0.1)
+    truth = np.where(door[:, None], [0.25, 0.12, 0.05], [0.1, 0.65, 0.15])
+    noisy = np.clip(truth + rng.normal(0, 0.05, truth.shape), 0, 1)
+    flat = flattened(points, noisy, cell=0.025, iterations=200, sigma=0.1)
+    error = np.abs(flat - truth).max(axis=1)
+    assert np.median(np.abs(noisy - truth).max(axis=1)) > 0.05
+    assert np.median(error) < 0.02 and (error > 0.15).mean() < 0.01  # flat, and the edge is where it was
+    # Two regions that differ by far more than sigma never bleed into each other.
+    assert np.abs(flat[door].mean(axis=0) - [0.25, 0.12, 0.05]).max() < 0.03
+
+
+def test_colour_cameras_spread_their_rings_evenly_over_the_priors_elevations(tiny):
+    from engine.tasks.common import colour_cameras
+
+    low, high = tiny.metadata.camera.elevation_deg
+    two = colour_cameras(tiny, 4)
+    four = colour_cameras(tiny, 4, rings=4)
+    def elevation(camera):
+        return np.degrees(np.arcsin(camera.position[2] / camera.distance))
+
+    assert sorted({round(elevation(c), 6) for c in two}) == pytest.approx([low + 0.25 * (high - low),
+                                                                            low + 0.75 * (high - low)])
+    assert len(four) == 16 and max(elevation(c) for c in four) == pytest.approx(low + 0.875 * (high - low))

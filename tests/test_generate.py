@@ -18,7 +18,8 @@ def small_config(overrides: dict | None = None):
 @pytest.mark.parametrize("prior_name", ["tiny", "tiny_v"])
 def test_generate_end_to_end_writes_a_textured_glb(request, tmp_path, prior_name):
     prior = request.getfixturevalue(prior_name)
-    result = generate("a red cube", prior, small_config())
+    # Flattening off: the colour check below is about back-projection; flattening has its own tests.
+    result = generate("a red cube", prior, small_config({"colour.flatten_iterations": 0}))
     glb = write_outputs(result.mesh, tmp_path / "cube.glb")[0]
     loaded = trimesh.load(glb, force="mesh")
     assert len(loaded.faces) > 100
@@ -87,3 +88,22 @@ def test_cancel_after_the_mesh_stage_stops_before_the_colour_stage_ends(tiny):
         generate("a red cube", tiny, small_config({"steps": 3}), on_progress=cancel_on_mesh, cancel=token)
     phases = [event.phase for event in seen]
     assert "mesh" in phases and "colour" not in phases
+
+
+def test_the_sd_presets_whole_pipeline_runs_on_64x64_latents_with_an_8x_vae():
+    """The stages a Stable Diffusion checkpoint gets, at SD's latent and image sizes, on a tiny random
+    stand-in: a few steps, fewer colour views, a small texture and a coarse lattice (its views are
+    noise, whose hull on the preset's 128^3 lattice is a sponge of a million faces)."""
+    from engine.prior import Prior
+    from engine.testing import tiny_components, tiny_metadata
+
+    sd_like = Prior(*tiny_components(latent_size=64, vae_scale=8), metadata=tiny_metadata(64, 8))
+    preset = preset_config("generate", "sd")
+    assert (preset.field.grid_resolution, preset.surface.mesh_resolution, preset.surface.method) == (64, 128, "hull")
+    config = preset_config("generate", "sd", {"steps": 2, "colour.view_azimuths": 2, "colour.texture_size": 512,
+                                              "surface.mesh_resolution": 40})
+    events = []
+    result = generate("a red cube", sd_like, config, on_progress=events.append)
+    assert result.preview.shape == (512, 512, 3)
+    assert result.mesh.texture.shape == (512, 512, 3) and len(result.mesh.faces) > 100
+    assert [e.phase for e in events][-2:] == ["mesh", "colour"]

@@ -70,8 +70,9 @@ def plain_background(prior: Prior) -> EnvironmentBackground:
     return EnvironmentBackground(prior.latent_channels, init=init).to(prior.device)
 
 
-def colour_cameras(prior: Prior, azimuths: int, rig: Sequence[Camera] = ()) -> list[Camera]:
-    """Views decoded for the colour stage: two rings inside the prior's elevation range, plus the rig."""
+def colour_cameras(prior: Prior, azimuths: int, rig: Sequence[Camera] = (), rings: int = 2) -> list[Camera]:
+    """Views decoded for the colour stage: the rig, then ``rings`` rings of ``azimuths`` cameras at
+    elevations evenly inside the prior's range."""
     low, high = prior.metadata.camera.elevation_deg
-    ring = prior.metadata.camera.ring(azimuths, (low + 0.25 * (high - low), low + 0.75 * (high - low)))
-    return list(rig) + ring
+    elevations = [low + (k + 0.5) / rings * (high - low) for k in range(rings)]
+    return list(rig) + prior.metadata.camera.ring(azimuths, elevations)

@@ -18,14 +18,23 @@ import numpy as np
 import torch
 
 from ..cameras import Camera, ViewSampler
-from ..colour import ColourConfig, DecodedView, albedo, backproject, decode_views, view_fidelity
-from ..config import MAX_SEED, check_int, check_steps
+from ..colour import (
+    ColourConfig,
+    DecodedView,
+    albedo,
+    backproject,
+    decode_views,
+    flattened,
+    view_fidelity,
+)
+from ..config import TaskConfig
 from ..export import TexturedMesh, bake_texture, unwrap
 from ..field import FieldConfig, VoxelField
 from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
 from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
+from ..raster import Lighting
 from ..refine import refine_latents
 from ..regularizers import RegularizerConfig, center_depth_loss, emptiness_loss, emptiness_weight, opacity_entropy
 from ..renderer import render
@@ -36,26 +45,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FieldTaskConfig:
+class FieldTaskConfig(TaskConfig):
     """Settings of a field task, in groups that each validate themselves."""
 
-    steps: int = 600
-    seed: int = 0
-    negative_prompt: str = ""
-    view_dependent_prompts: bool = True
-    preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run
     field: FieldConfig = FieldConfig()
     guidance: GuidanceConfig = GuidanceConfig()
     regularizers: RegularizerConfig = RegularizerConfig()
     surface: SurfaceConfig = SurfaceConfig()
     colour: ColourConfig = ColourConfig()
-
-    def __post_init__(self) -> None:
-        check_steps(self.steps)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        check_int("preview_every", self.preview_every, 0)
-        if not isinstance(self.negative_prompt, str):
-            raise ValueError("negative_prompt must be text")
 
 
 # Named trade-offs between time and quality (docs/tuning.md says which were measured); "sd" is the
@@ -160,19 +157,24 @@ def colour_views(run: FieldOptimisation, cancel: CancelToken) -> list[DecodedVie
     def refine(latents: torch.Tensor, cameras: list[Camera]) -> torch.Tensor:
         return refine_latents(prior, latents, cameras, run.prompts, colour.refine, refine_generator)
 
-    cameras = colour_cameras(prior, colour.view_azimuths, run.views.rig)
+    cameras = colour_cameras(prior, colour.view_azimuths, run.views.rig, colour.view_rings)
     return decode_views(prior, run.field, run.background, cameras, run.config.field.samples_per_ray,
                         on_batch=cancel.raise_if_cancelled, refine=refine)
 
 
 def baked_albedo(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, views: list[DecodedView],
-                 colour: ColourConfig, lighting, tolerance: float, cancel: CancelToken) -> np.ndarray:
+                 colour: ColourConfig, lighting: Lighting | None, tolerance: float, bound: float,
+                 cancel: CancelToken) -> np.ndarray:
     """The texture (S, S, 3) uint8: each texel the weighted mean of the views' object pixels it
-    projects to, with ``lighting`` (when given) divided out."""
+    projects to, with ``lighting`` (when given) divided out and its noise flattened."""
     def colour_fn(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
         colours = backproject(points, normals, vertices, faces, views, tolerance, on_view=cancel.raise_if_cancelled,
                               foreground_threshold=colour.foreground_threshold)[0]
-        return albedo(colours, normals, lighting)
+        colours = albedo(colours, normals, lighting)
+        if colour.flatten_iterations == 0:
+            return colours
+        return flattened(points, colours, 2 * bound / colour.flatten_cells, colour.flatten_iterations,
+                         colour.flatten_sigma)
 
     return bake_texture(vertices, faces, uvs, colour_fn, size=colour.texture_size)
 
@@ -198,7 +200,8 @@ def textured_mesh(run: FieldOptimisation, on_progress: ProgressCallback | None, 
 
     started = time.perf_counter()
     lighting = prior.metadata.lighting if config.colour.delight else None
-    texture = baked_albedo(vertices, faces, uvs, views, config.colour, lighting, 2.0 * run.field.voxel_size, cancel)
+    texture = baked_albedo(vertices, faces, uvs, views, config.colour, lighting, 2.0 * run.field.voxel_size,
+                                     run.field.bound, cancel)
     cancel.raise_if_cancelled()
     mesh = TexturedMesh(vertices.astype(np.float32), faces.astype(np.int32), uvs.astype(np.float32), texture)
     colour_error = view_fidelity(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, views,

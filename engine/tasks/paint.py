@@ -24,7 +24,7 @@ import trimesh
 
 from ..cameras import Camera, ViewSampler
 from ..colour import DecodedView, albedo, backproject, inside_colours, view_fidelity
-from ..config import MAX_SEED, TEXTURE_SIZE_RANGE, check_int, check_number, check_steps
+from ..config import TEXTURE_SIZE_RANGE, TaskConfig, check_int, check_number
 from ..export import TexturedMesh, bake_texture, unwrap
 from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
 from ..mesh_render import ViewPool, fragments_for, render_latent
@@ -102,12 +102,8 @@ class PaintColourConfig:
 
 
 @dataclass(frozen=True)
-class PaintConfig:
+class PaintConfig(TaskConfig):
     steps: int = 900
-    seed: int = 0
-    negative_prompt: str = ""
-    view_dependent_prompts: bool = True
-    preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run
     # A small prior's predictions leave the image manifold at SDS's scale 100 (docs/tuning.md).
     guidance: GuidanceConfig = GuidanceConfig(guidance_scale=5.0, t_max_final=0.4)
     texture: LatentTextureConfig = LatentTextureConfig()
@@ -116,9 +112,7 @@ class PaintConfig:
     colour: PaintColourConfig = PaintColourConfig()
 
     def __post_init__(self) -> None:
-        check_steps(self.steps)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        check_int("preview_every", self.preview_every, 0)
+        super().__post_init__()
         check_number("frame_half_extent", self.frame_half_extent, 0, 10, low_open=True)
 
 

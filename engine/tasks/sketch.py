@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..cameras import Camera
+from ..colour import ColourConfig
 from ..config import check_choice, check_number
 from ..meshes import MeshError, MeshInput, frame_normalisation, validate_mesh
 from ..occupancy import SketchLoss, SketchOccupancy
@@ -48,7 +49,8 @@ class SketchShapeConfig:
 
 # The surface as the field holds it: the sketch loss calibrates the field so its voxel opacity crosses
 # 1/2 on the sketch, and the sketch, not the decoded outlines, has the last word on the coarse shape.
-SKETCH_SURFACE = SurfaceConfig(silhouette_fit_steps=0, carve_votes=0, iso_level_choices=(), smoothing=0.0)
+SKETCH_SURFACE = SurfaceConfig(method="density", silhouette_fit_steps=0, carve_votes=0, iso_level_choices=(),
+                               smoothing=0.0, taubin_iterations=0)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class SketchConfig(FieldTaskConfig):
     """Text-to-3D's groups, the sketch's own, and a surface stage that keeps the sketch's outline."""
 
     surface: SurfaceConfig = SKETCH_SURFACE
+    # No hull to feed: the colour stage as Sketch-Shape was measured with (docs/tuning.md).
+    colour: ColourConfig = ColourConfig(view_rings=2, flatten_iterations=0)
     sketch: SketchShapeConfig = SketchShapeConfig()
     # The sketch's largest half-extent in the prior's frame: about the size the prior draws things.
     frame_half_extent: float = 0.45
@@ -66,8 +70,9 @@ class SketchConfig(FieldTaskConfig):
 
 
 # Text-to-3D's presets, without the surface settings the sketch fixes itself.
-_SKETCH_FIXED = {f"surface.{name}" for name in ("silhouette_fit_steps", "carve_votes", "iso_level_choices",
-                                                 "smoothing")}
+_SKETCH_FIXED = {f"surface.{name}" for name in (
+    "method", "hull_tolerance", "hull_opening", "silhouette_fit_steps", "carve_votes", "iso_level_choices",
+    "smoothing", "taubin_iterations")}
 PRESETS = {name: {key: value for key, value in values.items() if key not in _SKETCH_FIXED}
            for name, values in FIELD_PRESETS.items()}
 

@@ -1,0 +1,106 @@
+"""The surface stage: the visual hull of the decoded views, and Taubin smoothing of the mesh."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import trimesh
+
+from engine.cameras import orbit_camera
+from engine.colour import DecodedView
+from engine.occupancy import lattice, winding_numbers
+from engine.raster import render_silhouette
+from engine.surface import SurfaceConfig, hull, hull_agreement, hull_surface, taubin_smoothed
+from primitive_world.meshes import contract_mesh
+
+BOUND = 0.75
+IMAGE = 64
+
+
+def views_of(mesh: trimesh.Trimesh, elevations=(6.25, 18.75, 31.25, 43.75), azimuths: int = 8) -> list[DecodedView]:
+    """Decoded views as a prior that draws ``mesh`` exactly would give them: red object, white ground."""
+    views = []
+    for elevation in elevations:
+        for k in range(azimuths):
+            camera = orbit_camera(360.0 * k / azimuths, elevation, 2.2, 40.0)
+            cover = render_silhouette(np.asarray(mesh.vertices), np.asarray(mesh.faces), camera, IMAGE, IMAGE, ssaa=4)
+            image = np.ones((IMAGE, IMAGE, 3)) - cover[..., None] * np.array([0.2, 0.9, 0.9])
+            views.append(DecodedView(camera, image, cover))
+    return views
+
+
+def inside(vertices: np.ndarray, faces: np.ndarray, points) -> np.ndarray:
+    return winding_numbers(vertices, faces, np.asarray(points, dtype=np.float64)) > 0.5
+
+
+def test_the_hull_of_views_of_a_torus_keeps_its_hole_and_its_ring():
+    views = views_of(contract_mesh("torus"))
+    vertices, faces = hull_surface(hull(BOUND, views, SurfaceConfig(mesh_resolution=64), 0.1), BOUND, 1.0)
+    centre, tube = [0.0, 0.0, 0.0], [0.32, 0.0, 0.0]
+    assert list(inside(vertices, faces, [centre, tube])) == [False, True]
+    welded = trimesh.Trimesh(vertices, faces, process=True)
+    assert welded.euler_number == 0  # one handle: a torus, not a disc
+
+
+def test_the_hull_of_views_of_a_sphere_lies_on_the_sphere():
+    views = views_of(contract_mesh("sphere"))
+    vertices, faces = hull_surface(hull(BOUND, views, SurfaceConfig(mesh_resolution=64), 0.1), BOUND, 1.0)
+    radius = np.linalg.norm(vertices, axis=1)
+    # The hull is a little larger than the object between views, never smaller.
+    assert abs(np.median(radius) - 0.45) < 0.02 and radius.min() > 0.40
+
+
+def test_one_view_that_drew_the_object_thinner_does_not_cut_the_hull_within_the_tolerance():
+    views = views_of(contract_mesh("sphere"))
+    thin = views[5]
+    views[5] = DecodedView(thin.camera, np.ones_like(thin.image), thin.opacity)  # draws nothing at all
+    tolerant, _ = hull_surface(hull(BOUND, views, SurfaceConfig(mesh_resolution=48, hull_tolerance=1), 0.1), BOUND, 1.0)
+    assert np.median(np.linalg.norm(tolerant, axis=1)) > 0.42
+    # Without tolerance that view empties the box.
+    assert not hull(BOUND, views, SurfaceConfig(mesh_resolution=48, hull_tolerance=0), 0.1).any()
+
+
+def test_views_of_one_object_agree_on_its_hull_and_speckled_views_do_not():
+    views = views_of(contract_mesh("cone"), azimuths=4)
+    config = SurfaceConfig(mesh_resolution=48)
+    assert hull_agreement(hull(BOUND, views, config, 0.1), BOUND, views, 0.1) > 0.8
+    rng = np.random.default_rng(0)
+    speckled = [DecodedView(v.camera, np.where(rng.random((IMAGE, IMAGE, 1)) < 0.5, v.image, 1.0), v.opacity)
+                for v in views]
+    assert hull_agreement(hull(BOUND, speckled, config, 0.1), BOUND, speckled, 0.1) < 0.5
+
+
+def test_taubin_smoothing_halves_the_normal_noise_and_shrinks_the_shape_a_little():
+    sphere = trimesh.creation.icosphere(4, 0.45)
+    rng = np.random.default_rng(0)
+    noisy = sphere.vertices + rng.normal(0, 0.01, sphere.vertices.shape)
+    smoothed = taubin_smoothed(noisy, sphere.faces, 10)
+
+    def normal_error(vertices):  # median angle between face normals and the sphere's, in degrees
+        mesh = trimesh.Trimesh(vertices, sphere.faces, process=False)
+        radial = mesh.triangles_center / np.linalg.norm(mesh.triangles_center, axis=1, keepdims=True)
+        return np.degrees(np.median(np.arccos(np.clip((mesh.face_normals * radial).sum(axis=1), -1, 1))))
+
+    assert normal_error(smoothed) < 0.5 * normal_error(noisy)
+    shrink = 1 - trimesh.Trimesh(smoothed, sphere.faces).volume / sphere.volume
+    assert 0 <= shrink < 0.05
+    assert taubin_smoothed(noisy, sphere.faces, 0) is noisy
+
+
+def test_a_bad_surface_method_is_refused():
+    with pytest.raises(ValueError, match="surface method"):
+        SurfaceConfig(method="magic")
+
+
+def test_the_hulls_opening_removes_a_strut_thinner_than_two_voxels_and_keeps_the_body():
+    views = views_of(trimesh.util.concatenate([contract_mesh("sphere"),
+                                               trimesh.creation.box((1.2, 0.02, 0.02))]), azimuths=4)
+    config = SurfaceConfig(mesh_resolution=48)
+    kept = hull(BOUND, views, config, 0.1)
+    opened = hull(BOUND, views, dataclasses.replace(config, hull_opening=1), 0.1)
+    plain = hull(BOUND, views, dataclasses.replace(config, hull_opening=0), 0.1)
+    assert np.array_equal(kept, opened)  # the default opens
+    points = lattice(48, BOUND).reshape(-1, 3)
+    on_strut = (np.abs(points[:, 1:]) < 0.02).all(axis=1) & (points[:, 0] > 0.53) & (points[:, 0] < 0.62)
+    assert on_strut.any() and plain.reshape(-1)[on_strut].all() and not opened.reshape(-1)[on_strut].any()
+    assert opened.sum() > 0.9 * plain.sum()
