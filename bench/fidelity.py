@@ -55,6 +55,7 @@ from scipy import ndimage
 
 from engine import raster
 from engine.export import TexturedMesh, bake_texture, extract_mesh, load_glb, unwrap
+from engine.occupancy import surface_distance
 from primitive_world import contract as C
 from primitive_world import meshes as M
 from primitive_world import render as R
@@ -355,7 +356,9 @@ def sample_asset(mesh: TexturedMesh, n: int, rng: np.random.Generator) -> Surfac
 
 
 def lattice(size: int = LATTICE_SIZE, bound: float = LATTICE_BOUND) -> np.ndarray:
-    """(size^3, 3) lattice points ``np.linspace(-bound, bound, size)`` along each axis.
+    """(size^3, 3) lattice points ``np.linspace(-bound, bound, size)`` along each axis, in float64
+    throughout (``engine.occupancy.lattice`` steps in float32, which puts points a hair off the
+    exact faces that ``volume_iou`` leaves out).
 
     Args:
         size: points per axis.
@@ -464,13 +467,6 @@ def volume_iou(vertices: np.ndarray, faces: np.ndarray, shape: str,
     return float(np.count_nonzero(inside_asset & inside_exact) / union) if union else 0.0
 
 
-def _distance_to_mesh(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    sq, _, _ = igl.point_mesh_squared_distance(
-        np.asarray(points, dtype=np.float64), np.asarray(vertices, dtype=np.float64),
-        np.asarray(faces, dtype=np.int64))
-    return np.sqrt(np.maximum(sq, 0.0))
-
-
 def _angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(np.einsum("nc,nc->n", a, b), -1.0, 1.0)))
 
@@ -498,7 +494,7 @@ def judge(mesh: TexturedMesh, shape: str, colour: str, samples: int = DEFAULT_SA
     nearest = closest_exact(shape, colour, asset.points)
     diagonal = bbox_diagonal(shape)
     to_exact = float(np.linalg.norm(asset.points - nearest.points, axis=1).mean()) / diagonal * 100
-    to_asset = float(_distance_to_mesh(exact.points, mesh.vertices, mesh.faces).mean()) / diagonal * 100
+    to_asset = float(surface_distance(mesh.vertices, mesh.faces, exact.points).mean()) / diagonal * 100
     error = np.abs(asset.albedo - nearest.albedo).max(axis=1)
     result = {
         "chamfer_pct": 0.5 * (to_exact + to_asset),

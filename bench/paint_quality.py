@@ -37,6 +37,7 @@ from PIL import Image
 from scipy import ndimage
 
 from engine import load_prior, orbit_camera, write_outputs
+from engine.cli import config_or_exit
 from engine.meshes import MeshInput
 from engine.raster import render_textured
 from engine.tasks import preset_config
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
 
+    config_or_exit(parser, lambda: configure(args.preset, args.seed, args.set))
     summary = run_cases(load_prior(args.model), args.cases, args.seed, args.preset, args.set, Path(args.workdir))
     out = Path(args.out or Path(args.workdir) / "paint_quality.json")
     out.write_text(json.dumps(summary, indent=2) + "\n")

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from engine.cli import config_or_exit
 from engine.prior import load_prior
 from engine.tasks import preset_config
 from engine.tasks.latent_field import FieldOptimisation
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    report = measure(load_prior(args.model, device=args.device), configure(args.preset, args.method), args.repeats,
+    config = config_or_exit(parser, lambda: configure(args.preset, args.method))
+    report = measure(load_prior(args.model, device=args.device), config, args.repeats,
                      args.rounds)
     print(json.dumps({key: round(value, 3) if isinstance(value, float) else value for key, value in report.items()},
                      indent=2))

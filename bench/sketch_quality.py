@@ -32,6 +32,7 @@ import torch
 import trimesh
 
 from engine import load_prior, write_outputs
+from engine.cli import config_or_exit
 from engine.export import load_glb, texel_surface_points
 from engine.meshes import MeshInput
 from engine.occupancy import winding_numbers
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    config_or_exit(parser, lambda: configure(args.set, args.seeds[0]))
     summary = run_cases(load_prior(args.model), args.seeds, args.cases, args.set, workdir)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from engine import generate, load_prior, orbit_camera, write_outputs
+from engine.cli import config_or_exit
 from engine.export import load_glb, texel_surface_points
 from engine.raster import render_silhouette
 from engine.tasks import preset_config
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    config_or_exit(parser, lambda: configure(args.preset, args.seed, args.set))
     summary = run_prompts(load_prior(args.model), args.prompts, args.seed, args.preset, args.set, workdir)
     Path(args.out).write_text(json.dumps(summary, indent=2))
     for row in summary["results"]:

@@ -9,11 +9,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .config import with_overrides
 from .guidance import METHODS
 from .tasks import PRESET_NAMES, TASKS, Task
 
+Config = TypeVar("Config")
 DEVICES = ("cpu", "cuda")
 # The command-line option that sets each config setting, for error messages.
 OPTIONS = {"seed": "--seed", "negative_prompt": "--negative", "steps": "--steps",
@@ -103,13 +105,19 @@ def load_input_mesh(parser: argparse.ArgumentParser, path: str):
         parser.error(str(error) if Path(path).name in str(error) else f"{path}: {error}")
 
 
+def config_or_exit(parser: argparse.ArgumentParser, build: Callable[[], Config]) -> Config:
+    """``build()``'s config, or the command stops with one line on stderr (exit 2) before any work
+    when its settings are refused (an unknown preset or setting, a bad value)."""
+    try:
+        return build()
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def task_config(parser: argparse.ArgumentParser, args: argparse.Namespace, task: Task):
     """The task's preset with the command line's settings; a value the config refuses is a bad
     argument, named by its option."""
-    try:
-        config = task.config(args.preset)
-    except ValueError as error:
-        parser.error(str(error))
+    config = config_or_exit(parser, lambda: task.config(args.preset))
     settings = {"seed": args.seed, "negative_prompt": args.negative, "guidance.method": args.method,
                 "steps": args.steps, "guidance.guidance_scale": args.guidance}
     for key, value in settings.items():

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LEVEL_CHOICES = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
 SURFACE_METHODS = ("hull", "density")
 MIN_HULL_AGREEMENT = 0.5  # below this mean silhouette IoU the hull is not trusted
+MAX_HULL_HANDLES = 8  # nor a hull with more tunnels than any prop has
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,17 @@ def field_surface(field: VoxelField, views: list[DecodedView], config: SurfaceCo
     """
     guided = views_show_object(views, foreground_threshold)
     inside = hull(field.bound, views, config, foreground_threshold) if config.method == "hull" and guided else None
+    surface = None
     if inside is not None and hull_agreement(inside, field.bound, views, foreground_threshold) >= MIN_HULL_AGREEMENT:
-        vertices, faces = hull_surface(inside, field.bound, config.smoothing)
-    else:  # views that show no object (an untrained prior), or disagree, leave the density to go by
+        surface = hull_surface(inside, field.bound, config.smoothing)
+        if handles(*surface) > MAX_HULL_HANDLES:  # a sponge: the views' outlines are noise, not an object
+            surface = None
+    if surface is None:  # views that show no object (an untrained prior), or disagree: the density decides
         if inside is not None:
             log.info("the decoded views do not agree on a shape; the surface follows the field's density")
-        vertices, faces = density_surface(field, views, config, foreground_threshold, fit_resolution,
-                                          samples_per_ray, guided)
+        surface = density_surface(field, views, config, foreground_threshold, fit_resolution, samples_per_ray,
+                                  guided)
+    vertices, faces = surface
     return taubin_smoothed(vertices, faces, config.taubin_iterations), faces
 
 
@@ -116,6 +121,12 @@ def hull_agreement(inside: np.ndarray, bound: float, views: list[DecodedView], f
     one object from all sides, low when they disagree (a random prior's speckle leaves a sponge)."""
     masks = [foreground_mask(view, foreground_threshold) for view in views]
     return silhouette_iou(inside, bound, views, masks)
+
+
+def handles(vertices: np.ndarray, faces: np.ndarray) -> int:
+    """Tunnels through a closed, connected mesh: its genus, (2 - Euler characteristic) / 2."""
+    edges = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0)
+    return (2 - (len(vertices) - len(edges) + len(faces))) // 2
 
 
 def hull_surface(inside: np.ndarray, bound: float, smoothing: float) -> tuple[np.ndarray, np.ndarray]:

@@ -104,3 +104,11 @@ def test_the_hulls_opening_removes_a_strut_thinner_than_two_voxels_and_keeps_the
     on_strut = (np.abs(points[:, 1:]) < 0.02).all(axis=1) & (points[:, 0] > 0.53) & (points[:, 0] < 0.62)
     assert on_strut.any() and plain.reshape(-1)[on_strut].all() and not opened.reshape(-1)[on_strut].any()
     assert opened.sum() > 0.9 * plain.sum()
+
+
+def test_handles_count_the_tunnels_through_a_closed_mesh():
+    from engine.surface import handles
+
+    torus = trimesh.creation.torus(0.32, 0.12)
+    sphere = trimesh.creation.icosphere(2, 0.45)
+    assert handles(torus.vertices, torus.faces) == 1 and handles(sphere.vertices, sphere.faces) == 0
