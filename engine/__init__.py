@@ -17,6 +17,7 @@ from .meshes import MeshError, MeshInput, load_mesh, validate_mesh
 from .outputs import write_outputs
 from .prior import Prior, PriorError, PriorMetadata, load_prior
 from .progress import Cancelled, CancelToken, Progress
+from .prompts import PromptError
 from .tasks import TASKS, preset_config
 from .tasks.generate import GenerateConfig, GenerateResult, generate
 from .tasks.paint import PaintConfig, PaintResult, paint
@@ -24,7 +25,7 @@ from .tasks.sketch import SketchConfig, sketch
 
 __all__ = [
     "Camera", "CameraConvention", "orbit_camera", "TexturedMesh", "write_outputs", "GuidanceConfig",
-    "Prior", "PriorError", "PriorMetadata", "load_prior", "CancelToken", "Cancelled", "Progress",
+    "Prior", "PriorError", "PriorMetadata", "load_prior", "CancelToken", "Cancelled", "Progress", "PromptError",
     "MeshError", "MeshInput", "load_mesh", "validate_mesh",
     "GenerateConfig", "GenerateResult", "generate", "PaintConfig", "PaintResult", "paint",
     "SketchConfig", "sketch", "TASKS", "preset_config",

@@ -1,13 +1,17 @@
-"""Command line: ``python -m engine generate "PROMPT" -o OUT.glb [options]``, and ``paint`` / ``sketch``
+"""Command line: ``python -m engine generate "PROMPT" [-o OUT.glb] [options]``, and ``paint`` / ``sketch``
 with a mesh file before the prompt."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
+import time
+import unicodedata
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -19,7 +23,10 @@ Config = TypeVar("Config")
 DEVICES = ("cpu", "cuda")
 # The command-line option that sets each config setting, for error messages.
 OPTIONS = {"seed": "--seed", "negative_prompt": "--negative", "steps": "--steps",
-           "guidance.method": "--method", "guidance.guidance_scale": "--guidance"}
+           "guidance.method": "--method", "guidance.guidance_scale": "--guidance", "strict_prompt": "--strict"}
+# Leading words left out of a file name made from the prompt: "a red cube" -> red_cube.glb.
+ARTICLES = ("a", "an", "the")
+MAX_NAME_CHARS = 60
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -31,19 +38,22 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def add_common_options(command: argparse.ArgumentParser, task: Task) -> None:
     """The output and the options every task shares; the help gives the task's own defaults."""
-    standard = task.config("standard")
     steps = ", ".join(f"{name} {task.config(name).steps}" for name in PRESET_NAMES)
-    command.add_argument("-o", "--output", required=True, help="the .glb to write; .obj/.mtl/.png and "
-                         "a _preview.png go beside it")
+    guidance = ", ".join(f"{name} {task.config(name).guidance.guidance_scale:g}" for name in PRESET_NAMES)
+    command.add_argument("-o", "--output", help="the .glb to write (replaced if it exists); .obj/.mtl/.png and "
+                         "a _preview.png go beside it (default: a name made from the prompt, in the current "
+                         'folder: "a red cube" writes red_cube.glb)')
     command.add_argument("--model", help="diffusers Stable Diffusion folder or cached Hugging Face id "
                          "(default: the embedded Primitive World prior)")
     command.add_argument("--preset", default="standard",
                          help="draft, standard or high (default standard); sd for a Stable Diffusion model")
     command.add_argument("--steps", type=int, help=f"optimisation steps (default: the preset's: {steps})")
     command.add_argument("--seed", type=int, default=0, help="random seed; same seed, same asset (default 0)")
-    command.add_argument("--guidance", type=float, help="classifier-free guidance scale (default "
-                         f"{standard.guidance.guidance_scale:g} with the standard preset)")
+    command.add_argument("--guidance", type=float, help=f"classifier-free guidance scale (default: the preset's: "
+                         f"{guidance})")
     command.add_argument("--negative", default="", help="negative prompt")
+    command.add_argument("--strict", action="store_true", help="refuse a prompt with words the prior does not "
+                         "know (default: warn, name them and run)")
     command.add_argument("--method", default="sds", help=f"score estimator: {' or '.join(METHODS)} (default sds)")
     command.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     command.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
@@ -60,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("prompt", help='what to make, e.g. "a red cube"')
         add_common_options(command, task)
     return parser
+
+
+def output_from_prompt(prompt: str) -> str:
+    """A file name in the current folder made from the prompt: its ASCII letters and digits (accents
+    dropped), words joined by "_", a leading article left out ("a red cube" -> "red_cube.glb").
+
+    Args:
+        prompt: the prompt as given on the command line.
+    """
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode()
+    words = re.findall(r"[a-z0-9]+", ascii_text.lower())
+    if len(words) > 1 and words[0] in ARTICLES:
+        words = words[1:]
+    return ("_".join(words)[:MAX_NAME_CHARS].strip("_") or "dreamsmith") + ".glb"
 
 
 def _check_output(parser: argparse.ArgumentParser, output: str) -> Path:
@@ -92,7 +116,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"unknown --device {args.device!r}; use cpu or cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for, but this machine has no usable CUDA GPU")
-    args.output = _check_output(parser, args.output)
+    args.output = _check_output(parser, args.output or output_from_prompt(args.prompt))
 
 
 def load_input_mesh(parser: argparse.ArgumentParser, path: str):
@@ -119,7 +143,7 @@ def task_config(parser: argparse.ArgumentParser, args: argparse.Namespace, task:
     argument, named by its option."""
     config = config_or_exit(parser, lambda: task.config(args.preset))
     settings = {"seed": args.seed, "negative_prompt": args.negative, "guidance.method": args.method,
-                "steps": args.steps, "guidance.guidance_scale": args.guidance}
+                "steps": args.steps, "guidance.guidance_scale": args.guidance, "strict_prompt": args.strict}
     for key, value in settings.items():
         if value is None:
             continue
@@ -130,29 +154,63 @@ def task_config(parser: argparse.ArgumentParser, args: argparse.Namespace, task:
     return config
 
 
-class ProgressBar:
-    """Engine progress as a tqdm bar on stderr: optimisation steps, then the name of each later stage."""
+class ProgressBars:
+    """Engine progress on stderr, phase by phase (engine.progress.Progress): a phase that counts its
+    work gets a tqdm bar of its own, opened at its first event and closed at its last, so what is
+    logged before the first step stays above every bar; a phase that reports only its end (1 of 1)
+    gets one line with its time, counted from the event before it."""
 
-    def __init__(self, total: int):
-        from tqdm import tqdm
+    LABELS = {"optimise": "optimising"}
+    UNITS = {"optimise": "step", "colour": "view"}  # Latent-Paint's colour stage counts its views
 
-        self.bar = tqdm(total=total, desc="optimising", unit="step", file=sys.stderr)
+    def __init__(self):
+        self.bar, self.phase = None, None
+        self.last_event = time.monotonic()
 
     def __call__(self, event) -> None:
-        if event.phase == "optimise":
+        from tqdm import tqdm
+
+        label = self.LABELS.get(event.phase, event.phase)
+        if event.phase != self.phase:
+            self.close()
+            self.phase = event.phase
+            if event.step >= event.total:
+                tqdm.write(f"{label}: done in {time.monotonic() - self.last_event:.1f} s", file=sys.stderr)
+            else:
+                self.bar = tqdm(total=event.total, desc=label, unit=self.UNITS.get(event.phase, "it"),
+                                file=sys.stderr)
+        if self.bar is not None:
+            if event.phase == "optimise" and event.loss is not None:
+                self.bar.set_postfix(loss=f"{event.loss:.3g}", refresh=False)  # drawn by the update
             self.bar.update(event.step - self.bar.n)
-            if event.loss is not None:
-                self.bar.set_postfix(loss=f"{event.loss:.3g}")
-        else:
-            self.bar.set_description(event.phase)
+            if event.step >= event.total:  # now, so the bar's time is the phase's own
+                self.close()
+        self.last_event = time.monotonic()
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@contextlib.contextmanager
+def progress_bars():
+    """ProgressBars for a task's ``on_progress``, with log records written through tqdm meanwhile,
+    so a warning gets its own line instead of landing inside a bar."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bars = ProgressBars()
+    try:
+        with logging_redirect_tqdm():
+            yield bars
+    finally:
+        bars.close()
 
 
 def run_task(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .outputs import write_outputs
     from .prior import PriorError, load_prior
+    from .prompts import PromptError
 
     task = TASKS[args.command]
     config = task_config(parser, args, task)
@@ -161,9 +219,11 @@ def run_task(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         prior = load_prior(args.model, device=args.device)
     except PriorError as error:
         parser.error(str(error))
-    bar = ProgressBar(config.steps)
-    result = task.run(*inputs, args.prompt, prior, config, on_progress=bar)
-    bar.close()
+    with progress_bars() as bars:
+        try:
+            result = task.run(*inputs, args.prompt, prior, config, on_progress=bars)
+        except PromptError as error:  # raised before any work: unknown words under --strict
+            parser.error(str(error))
     written = write_outputs(result.mesh, args.output)
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

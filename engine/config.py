@@ -57,6 +57,8 @@ class TaskConfig:
     steps: int = 600
     seed: int = 0
     negative_prompt: str = ""
+    # Refuse a prompt with words the prior does not know instead of warning (prompts.check_words).
+    strict_prompt: bool = False
     view_dependent_prompts: bool = True
     preview_every: int = 0  # steps between preview pictures; 0 picks about 20 per run
 
@@ -66,6 +68,8 @@ class TaskConfig:
         check_int("preview_every", self.preview_every, 0)
         if not isinstance(self.negative_prompt, str):
             raise ValueError("negative_prompt must be text")
+        if not isinstance(self.strict_prompt, bool):
+            raise ValueError("strict_prompt must be true or false")
 
 
 def with_overrides(config, overrides: Mapping[str, Any]):

@@ -222,8 +222,9 @@ def write_glb(path: str | Path, mesh: TexturedMesh) -> None:
     log.info("wrote %s (%d bytes)", path, len(data))
 
 
-def write_obj(path: str | Path, mesh: TexturedMesh) -> None:
-    """OBJ + MTL + PNG side by side, in glTF axes (Blender's OBJ importer maps them back)."""
+def write_obj(path: str | Path, mesh: TexturedMesh) -> list[Path]:
+    """OBJ + MTL + PNG side by side, in glTF axes (Blender's OBJ importer maps them back); returns
+    the paths written: the OBJ, the MTL, then the texture."""
     path = Path(path)
     text, side_files = trimesh.exchange.obj.export_obj(
         # Naming the material after the file names the PNG after it too, so OBJs can share a folder.
@@ -233,6 +234,8 @@ def write_obj(path: str | Path, mesh: TexturedMesh) -> None:
     for name, data in side_files.items():
         (path.parent / name).write_bytes(data)
     log.info("wrote %s with %s", path, ", ".join(sorted(side_files)))
+    side = sorted(side_files, key=lambda name: not name.endswith(".mtl"))  # the MTL, then its texture
+    return [path, *(path.parent / name for name in side)]
 
 
 def load_glb(path: str | Path) -> TexturedMesh:

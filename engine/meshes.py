@@ -74,10 +74,12 @@ def load_mesh(path: str | Path, max_faces: int = MAX_FACES) -> MeshInput:
     if path.suffix.lower() not in MESH_SUFFIXES:
         raise MeshError(f"cannot read {path.suffix or 'a file without a suffix'}; use one of "
                         f"{', '.join(MESH_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise MeshError(f"{path.name} is empty (0 bytes)")
     try:
         loaded = trimesh.load(path, force="mesh", process=False)
     except Exception as error:  # trimesh raises many types for corrupt files
-        raise MeshError(f"cannot read {path.name}: {error}") from None
+        raise MeshError(_read_failure(path, error)) from None
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise MeshError(f"{path.name} holds no triangles")
     vertices = np.asarray(loaded.vertices, dtype=np.float64)
@@ -85,7 +87,54 @@ def load_mesh(path: str | Path, max_faces: int = MAX_FACES) -> MeshInput:
         vertices = gltf_to_blender(vertices)
     uv = getattr(loaded.visual, "uv", None)
     uvs = None if uv is None or len(uv) != len(vertices) else np.asarray(uv, dtype=np.float64)
-    return validate_mesh(vertices, np.asarray(loaded.faces), uvs, max_faces)
+    try:
+        return validate_mesh(vertices, np.asarray(loaded.faces), uvs, max_faces)
+    except MeshError:
+        # trimesh reads some bad OBJ indices (0) as others; the file's own numbers say it plainly.
+        problem = obj_face_problem(path) if path.suffix.lower() == ".obj" else None
+        if problem:
+            raise MeshError(f"{path.name}: {problem}") from None
+        raise
+
+
+def _read_failure(path: Path, error: Exception) -> str:
+    """One plain line for a file trimesh could not read. An out-of-range face index surfaces from
+    trimesh as numpy's IndexError; for an OBJ the face is found and named."""
+    if isinstance(error, IndexError):
+        if path.suffix.lower() == ".obj":
+            problem = obj_face_problem(path)
+            if problem:
+                return f"{path.name}: {problem}"
+        return f"cannot read {path.name}: a face refers to a vertex the file does not have"
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    return f"cannot read {path.name}: it is not a valid {path.suffix[1:].upper()} file ({reason})"
+
+
+def obj_face_problem(path: Path) -> str | None:
+    """The first face of an OBJ file that refers to a vertex the file does not have, said plainly,
+    or None. OBJ counts vertices from 1; a negative index counts back from the last vertex so far."""
+    try:
+        lines = [line.split() for line in path.read_text(errors="replace").splitlines()]
+        total = sum(1 for parts in lines if parts and parts[0] == "v")
+        seen = faces = 0
+        for parts in lines:
+            if parts and parts[0] == "v":
+                seen += 1
+            elif parts and parts[0] == "f":
+                faces += 1
+                for corner in parts[1:]:
+                    index = int(corner.split("/")[0])
+                    if index == 0:
+                        return f"face {faces} refers to vertex 0, but OBJ vertices are numbered from 1"
+                    if index > total:
+                        return f"face {faces} refers to vertex {index}, but the file has only {total} vertices"
+                    if index < -seen:
+                        return (f"face {faces} refers to vertex {index} (counting back), but only {seen} "
+                                "vertices come before it")
+    except (OSError, ValueError):  # unreadable, or not numbers: trimesh's own failure stands
+        return None
+    return None
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,17 @@ def output_paths(glb_path: str | Path) -> dict[str, Path]:
 
 
 def write_outputs(mesh: TexturedMesh, glb_path: str | Path) -> list[Path]:
+    """Write the GLB, the OBJ with its MTL and texture PNG, and the turntable preview.
+
+    Args:
+        mesh: the textured mesh, Blender axes.
+        glb_path: the GLB's path; the other files go beside it, named after it.
+
+    Returns:
+        Every file written, the GLB first and the preview last.
+    """
     paths = output_paths(glb_path)
     write_glb(paths["glb"], mesh)
-    write_obj(paths["obj"], mesh)
+    obj_files = write_obj(paths["obj"], mesh)
     write_preview(paths["preview"], mesh)
-    return list(paths.values())
+    return [paths["glb"], *obj_files, paths["preview"]]

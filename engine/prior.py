@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "dreamsmith_prior.json"
 DEFAULT_PRIOR_DIR = Path(__file__).resolve().parent / "priors" / "primitive-world"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# A word, or one punctuation mark, as a word-level tokenizer splits a prompt.
+WORD = re.compile(r"\w+")
+WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
 HOW_TO_OBTAIN = (
     "Pass --model with a diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, "
     "scheduler/), or the id of a model already in the Hugging Face cache (download it on a machine "
@@ -116,16 +121,62 @@ class Prior:
     def max_prompt_tokens(self) -> int:
         return int(self.tokenizer.model_max_length)
 
+    @cached_property
+    def vocabulary(self) -> tuple[str, ...] | None:
+        """The tokens a word-level tokenizer with an unknown token knows (its special tokens left
+        out), in id order; None for any other tokenizer. Stable Diffusion's byte-level BPE spells
+        out every word, so only a word-level one (the embedded prior's) can lose a word to [UNK]."""
+        from tokenizers.models import WordLevel
+
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if not isinstance(getattr(backend, "model", None), WordLevel) or self.tokenizer.unk_token is None:
+            return None
+        special = set(self.tokenizer.all_special_tokens)
+        vocab = self.tokenizer.get_vocab()
+        return tuple(token for token in sorted(vocab, key=vocab.get) if token not in special)
+
+    @cached_property
+    def _known_tokens(self) -> frozenset[str]:
+        return frozenset(self.vocabulary or ())
+
+    def normalise_prompt(self, text: str) -> str:
+        """``text`` as the tokenizer should see it. For a word-level tokenizer: words in lower case
+        (unless the vocabulary has them as written) and punctuation it does not know dropped, so
+        "A big red cube." reads "a big red cube"; any other tokenizer gets ``text`` unchanged.
+
+        Args:
+            text: a prompt, or a prompt with its view suffix.
+        """
+        if self.vocabulary is None:
+            return text
+        known = self._known_tokens
+        pieces = (piece if piece in known else piece.lower() for piece in WORD_OR_MARK.findall(text))
+        return " ".join(piece for piece in pieces if piece in known or WORD.fullmatch(piece))
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` (normalised) the tokenizer reads as its unknown token, each once, in
+        order; always empty when ``vocabulary`` is None.
+
+        Args:
+            text: a prompt as the user wrote it.
+        """
+        if self.vocabulary is None:
+            return []
+        known = self._known_tokens
+        return list(dict.fromkeys(word for word in self.normalise_prompt(text).split() if word not in known))
+
     def prompt_token_count(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, truncation=False).input_ids)
+        return len(self.tokenizer(self.normalise_prompt(prompt), truncation=False).input_ids)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings, encoded exactly as diffusers' StableDiffusionPipeline does, and cached."""
+        """Text embeddings, encoded exactly as diffusers' StableDiffusionPipeline does (after
+        ``normalise_prompt``, which changes nothing for its tokenizer), and cached."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._embedding_cache]
         if missing:
-            ids = self.tokenizer(missing, padding="max_length", max_length=self.max_prompt_tokens,
-                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
+            ids = self.tokenizer([self.normalise_prompt(p) for p in missing], padding="max_length",
+                                 max_length=self.max_prompt_tokens, truncation=True,
+                                 return_tensors="pt").input_ids.to(self.device)
             embeddings = self.text_encoder(ids)[0]
             self._embedding_cache.update(zip(missing, embeddings))
         return torch.stack([self._embedding_cache[p] for p in prompts])

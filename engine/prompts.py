@@ -1,4 +1,5 @@
-"""View-dependent prompts (DreamFusion section 3, SJC appendix): the text follows the camera."""
+"""View-dependent prompts (DreamFusion section 3, SJC appendix): the text follows the camera; and
+the check of a prompt's words against the prior's vocabulary."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import torch
 
 from .cameras import Camera, view_label
-from .prior import Prior
+from .prior import WORD, Prior
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +16,53 @@ VIEWS = ("front", "side", "back", "overhead")
 # The view whose features must not show up in a view (Perp-Neg's negative): the back of a house has
 # no door. Side and overhead views see both halves, so they have none.
 OPPOSITE_VIEWS = {"front": "back", "back": "front"}
+# The config settings that hold prompts, and how messages name them.
+PROMPT_FIELDS = {"prompt": "the prompt", "negative_prompt": "the negative prompt"}
+# A word-level vocabulary can be large; a message lists this many of its words, then a count.
+KNOWN_WORDS_LISTED = 100
+
+
+class PromptError(ValueError):
+    """A prompt the engine will not run: empty, or (strict) with words the prior does not know.
+    ``field`` is the setting it came from: "prompt" or "negative_prompt"."""
+
+    def __init__(self, message: str, field: str = "prompt"):
+        super().__init__(message)
+        self.field = field
+
+
+def check_words(prior: Prior, prompt: str, negative: str = "", strict: bool = False) -> list[str]:
+    """What to tell the user about words the prior's tokenizer does not know (it reads each as
+    [UNK], so "a wooden chair" would run as "a [UNK] [UNK]"): one message per prompt that has any,
+    naming them and listing the words the prior knows. Nothing for a subword tokenizer (Stable
+    Diffusion's), which knows every word.
+
+    Args:
+        prior: the prior whose tokenizer reads the prompts.
+        prompt: the prompt as the user wrote it.
+        negative: the negative prompt.
+        strict: refuse instead of warning.
+
+    Raises:
+        PromptError: ``strict``, and a prompt has a word the prior does not know.
+    """
+    messages = []
+    for field, text in (("prompt", prompt), ("negative_prompt", negative)):
+        words = prior.unknown_words(text)
+        if not words:
+            continue
+        message = (f"{PROMPT_FIELDS[field]} {text!r} has words the prior does not know, which it reads as "
+                   f"{prior.tokenizer.unk_token}: {', '.join(words)}. It knows: {_known_words(prior)}")
+        if strict:
+            raise PromptError(message, field)
+        messages.append(message)
+    return messages
+
+
+def _known_words(prior: Prior) -> str:
+    words = [token for token in prior.vocabulary if WORD.fullmatch(token)]  # not its punctuation
+    more = len(words) - KNOWN_WORDS_LISTED
+    return ", ".join(words[:KNOWN_WORDS_LISTED]) + (f" and {more} more" if more > 0 else "")
 
 
 class ViewPrompts:

@@ -10,8 +10,9 @@ One Client is one DEALER socket, for one thread::
             client.fetch(job_id).save_glb("cube.glb")
 
 Every call has a timeout. A reply that is an error raises ServerError; no reply in time raises
-ServerTimeout. Events (state, progress, preview) of the jobs this client submitted or attached to
-arrive between replies and wait in an inbox for wait() or poll_events().
+ServerTimeout, or NoServer (a ServerTimeout) when nothing has ever answered at the address. Events
+(state, progress, preview, warning) of the jobs this client submitted or attached to arrive between
+replies and wait in an inbox for wait() or poll_events().
 """
 
 from __future__ import annotations
@@ -49,7 +50,26 @@ class ServerError(Exception):
 
 
 class ServerTimeout(TimeoutError):
-    pass
+    """No reply in time."""
+
+
+class NoServer(ServerTimeout):
+    """Nothing has answered at the address: most likely no server runs there. The message names the
+    address and how to start one."""
+
+
+def no_server_message(address: str, timeout: float, curve: bool = False) -> str:
+    """What to tell a user whose client heard nothing at ``address`` within ``timeout`` seconds.
+
+    Args:
+        address: the ZeroMQ endpoint the client connected to.
+        timeout: how long it waited, in seconds.
+        curve: whether the client used CurveZMQ keys, which a server silently refuses when it does
+            not know them.
+    """
+    start = "python -m server" if address == DEFAULT_ADDRESS else f"python -m server --bind {address}"
+    keys = " (or the server there does not accept this client's CurveZMQ key)" if curve else ""
+    return f"no Dreamsmith server answered at {address} within {timeout:g} s{keys}; start one with: {start}"
 
 
 @dataclass(frozen=True)
@@ -110,9 +130,11 @@ class Client:
                  timeout: float = DEFAULT_TIMEOUT_S, curve: CurveKeys | None = None,
                  context: zmq.Context | None = None):
         self.address, self.timeout = address, timeout
+        self._uses_curve = curve is not None
         # Without CurveZMQ the client id is the identity: whoever knows it can act on its jobs.
         self.client_id = client_id or f"client-{uuid.uuid4().hex}"
         self.limits: dict | None = None  # the server's hello reply, once said
+        self._answered = False  # whether anything has ever come back: a timeout before that is NoServer
         self._ids = itertools.count(1)
         self._inbox: deque[Message] = deque(maxlen=INBOX_LIMIT)
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
@@ -233,15 +255,16 @@ class Client:
 
     def _round_trip(self, msg_type: str, timeout: float | None, arrays: dict | None = None, **fields) -> Message:
         request_id = next(self._ids)
+        wait = self.timeout if timeout is None else timeout
         try:
             self._socket.send_multipart(protocol.encode(msg_type, request_id, arrays, **fields), copy=False)
         except zmq.Again:
-            raise ServerTimeout(f"could not send {msg_type} to {self.address}") from None
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            raise self._timeout(f"could not send {msg_type} to {self.address}", self.timeout) from None  # SNDTIMEO
+        deadline = time.monotonic() + wait
         while True:
             message = self._next_message(deadline)
             if message is None:
-                raise ServerTimeout(f"no reply to {msg_type} from {self.address}")
+                raise self._timeout(f"no reply to {msg_type} from {self.address}", wait)
             if message.type in Msg.EVENTS:
                 self._inbox.append(message)
             elif message.request_id != request_id:
@@ -250,6 +273,11 @@ class Client:
                 raise ServerError(message.header["code"], message.header["message"], message.header["field"])
             else:
                 return message
+
+    def _timeout(self, message: str, waited: float) -> ServerTimeout:
+        if not self._answered:
+            return NoServer(no_server_message(self.address, waited, self._uses_curve))
+        return ServerTimeout(message)
 
     def _pump(self, deadline: float) -> None:
         """Receive until an event arrives or the deadline passes, then take whatever else is waiting."""
@@ -263,4 +291,5 @@ class Client:
     def _next_message(self, deadline: float) -> Message | None:
         if not self._socket.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             return None
+        self._answered = True
         return protocol.decode(self._socket.recv_multipart(copy=False), Msg.REPLIES | Msg.EVENTS, MAX_REPLY_BYTES)

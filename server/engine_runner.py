@@ -11,10 +11,11 @@ import torch
 
 from engine import Camera, CancelToken, PriorError, load_prior
 from engine.meshes import MeshError, MeshInput, validate_mesh
+from engine.prompts import PromptError, check_words
 from engine.tasks import TASKS, Task
 
 from .job_queue import Job
-from .protocol import Code, ProtocolError
+from .protocol import MAX_MESSAGE_CHARS, Code, ProtocolError
 from .results import JobOutput
 from .settings import StartupError
 
@@ -26,6 +27,7 @@ CONFIG_SETTINGS = {
     "steps": "steps", "seed": "seed", "negative_prompt": "negative_prompt",
     "grid_resolution": "field.grid_resolution", "mesh_resolution": "surface.mesh_resolution",
     "texture_size": "colour.texture_size", "method": "guidance.method", "guidance_scale": "guidance.guidance_scale",
+    "strict": "strict_prompt",
 }
 # How a MeshError's message names the input array it is about ("face indices ..." is faces).
 MESH_FIELD_WORDS = re.compile(r"\b(uvs|faces?|vertices)\b")
@@ -38,6 +40,7 @@ class PreparedJob:
     config: object  # the task's config dataclass
     mesh: MeshInput | None  # paint and sketch: the input mesh, user (Blender world) coordinates
     rig: tuple[Camera, ...]  # generate: the prop's frame; paint and sketch: the mesh's coordinates
+    warnings: tuple[str, ...] = ()  # for the submitting client, as warning events: words the prior does not know
 
 
 def task_config(task: Task, params: dict):
@@ -87,8 +90,20 @@ class EngineRunner:
             config = task_config(task, params)
         except ValueError as error:
             raise ProtocolError(Code.BAD_REQUEST, f"params: {error}", "params") from None
+        warnings = self.prompt_warnings(params["prompt"], config)
         mesh = input_mesh(inputs) if task.takes_mesh else None
-        return PreparedJob(config, mesh, rig_cameras(params.get("cameras", [])))
+        return PreparedJob(config, mesh, rig_cameras(params.get("cameras", [])), warnings)
+
+    def prompt_warnings(self, prompt: str, config) -> tuple[str, ...]:
+        """The engine's warnings about words the prior does not know; with ``strict`` the job is
+        refused instead, naming the prompt's param."""
+        if self.prior is None:  # a runner made without a prior, to test what params become
+            return ()
+        try:
+            return tuple(check_words(self.prior, prompt, config.negative_prompt, config.strict_prompt))
+        except PromptError as error:
+            field = f"params.{error.field}"
+            raise ProtocolError(Code.BAD_REQUEST, f"{field}: {error}"[:MAX_MESSAGE_CHARS], field) from None
 
     def run(self, job: Job, on_progress, cancel: CancelToken) -> JobOutput:
         task, prepared = TASKS[job.kind], job.prepared

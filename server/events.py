@@ -8,7 +8,7 @@ import queue
 import socket
 from dataclasses import dataclass
 
-from .protocol import Msg, State, bytes_array, encode
+from .protocol import MAX_MESSAGE_CHARS, Msg, State, bytes_array, encode
 
 # A preview is worth sending only while it is fresh: beyond this backlog the I/O thread is behind,
 # and previews are skipped rather than queued.
@@ -32,6 +32,10 @@ def progress_event(job_id: str, phase: str, step: int, total: int, loss: float |
                    sent_at: float) -> Event:
     return Event(job_id, encode(Msg.PROGRESS, job_id=job_id, phase=phase, step=step, total=total, loss=loss,
                                 eta_s=eta_s, time=sent_at))
+
+
+def warning_event(job_id: str, message: str) -> Event:
+    return Event(job_id, encode(Msg.WARNING, job_id=job_id, message=message[:MAX_MESSAGE_CHARS]))
 
 
 def preview_event(job_id: str, step: int, png: bytes) -> Event:

@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .events import EventChannel, state_event
+from .events import EventChannel, state_event, warning_event
 from .job_queue import Job, JobQueue
 from .peers import Sessions, Subscriptions
 from .protocol import (
@@ -107,6 +107,8 @@ class RequestHandler:
                   {name: array.copy() for name, array in arrays.items()}, prepared, time.time())
         self.store.insert(job.id, job.client, job.kind, job.params, job.created)
         self.subscriptions.add(job.id, request.peer)
+        for message in getattr(prepared, "warnings", ()):  # before the worker can publish "running"
+            self.events.publish(warning_event(job.id, message))
         position = self.queue.put(job)
         log.info("job %s queued (%s for %s, position %d)", job.id, job.kind, identity, position)
         return encode(Msg.ACCEPTED, request.message.request_id, job_id=job.id, position=position)

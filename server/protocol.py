@@ -34,11 +34,11 @@ class Msg:
     LIMITS, ACCEPTED, JOB_STATUS, SERVER_STATUS = "limits", "accepted", "job_status", "server_status"
     RESULT, ERROR, PONG = "result", "error", "pong"
     # server -> client, events of a job the connection submitted or attached to
-    STATE, PROGRESS, PREVIEW = "state", "progress", "preview"
+    STATE, PROGRESS, PREVIEW, WARNING = "state", "progress", "preview", "warning"
 
     REQUESTS = frozenset({HELLO, SUBMIT, CANCEL, STATUS, ATTACH, FETCH, PING})
     REPLIES = frozenset({LIMITS, ACCEPTED, JOB_STATUS, SERVER_STATUS, RESULT, ERROR, PONG})
-    EVENTS = frozenset({STATE, PROGRESS, PREVIEW})
+    EVENTS = frozenset({STATE, PROGRESS, PREVIEW, WARNING})
 
 
 EVENT_ID = 0
@@ -77,6 +77,7 @@ MAX_FRAMES = 8  # header included
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 MAX_ARRAY_DIMS = 4
 MAX_PROMPT_CHARS = 1000
+MAX_MESSAGE_CHARS = 4000  # an error's or a warning's text, for people
 MAX_STEPS = 20000
 MAX_SEED = 2**32 - 1
 GUIDANCE_RANGE = (1.0, 1000.0)
@@ -288,7 +289,7 @@ JOB_ID = Str(32, pattern=JOB_ID_PATTERN)
 _SECONDS = Float(0.0, 1.0e12)
 _FINITE = Float(-math.inf, math.inf)  # Float refuses NaN and infinity before it looks at the range
 _COUNT = Int(0, 2**31 - 1)
-_ERROR_FIELDS = {"code": Str(32, choices=Code.ALL), "message": Str(4000), "field": Nullable(Str(200))}
+_ERROR_FIELDS = {"code": Str(32, choices=Code.ALL), "message": Str(MAX_MESSAGE_CHARS), "field": Nullable(Str(200))}
 ERROR_INFO = Map(_ERROR_FIELDS)
 
 # One camera of the rig: camera-to-world in Blender axes (the camera looks down its local -Z, +Y up),
@@ -302,6 +303,9 @@ CAMERA = Map({
 _COMMON_PARAMS = {
     "prompt": Str(MAX_PROMPT_CHARS, 1, non_blank=True),
     "negative_prompt": Opt(Str(MAX_PROMPT_CHARS)),
+    # Refuse a prompt with words the prior does not know; otherwise the job runs and a warning
+    # event names them.
+    "strict": Opt(Bool()),
     "preset": Opt(Str(16, choices=PRESETS)),
     "steps": Opt(Int(1, MAX_STEPS)),
     "seed": Opt(Int(0, MAX_SEED)),
@@ -353,6 +357,7 @@ FIELDS: dict[str, dict[str, Spec]] = {
         "eta_s": Nullable(_SECONDS), "time": _SECONDS,
     },
     Msg.PREVIEW: {"job_id": JOB_ID, "step": _COUNT},
+    Msg.WARNING: {"job_id": JOB_ID, "message": Str(MAX_MESSAGE_CHARS)},
 }
 
 _FRAME_DESCRIPTOR = Map({"name": Str(32, 1, pattern=r"[a-z_]+"), "dtype": Str(16, choices=tuple(DTYPES)),

@@ -32,7 +32,9 @@ OUT_OF_MEMORY = (MemoryError, torch.cuda.OutOfMemoryError)
 class Runner(Protocol):
     kinds: tuple[str, ...]
 
-    def prepare(self, kind: str, params: dict, inputs: dict) -> object: ...
+    def prepare(self, kind: str, params: dict, inputs: dict) -> object:
+        """What the job becomes (kept as ``Job.prepared``); raises ProtocolError to refuse it. A
+        ``warnings`` attribute on it, when there is one, goes to the client as warning events."""
 
     def run(self, job: Job, on_progress: Callable[[Progress], None], cancel) -> JobOutput:
         """Raises ProtocolError when the job's input turns out unusable while it runs."""

@@ -274,7 +274,10 @@ def in_blender_panel(addon):
     current.server = addon.transport.ServerStatus(False, "no reply to hello")
     current.active = addon.session.ActiveJob("generate", "a red cube", "", job_id="0" * 32, phase="optimise",
                                              step=3, total=12)
+    current.warnings = ["the prompt 'a wooden cube' has words the prior does not know, which it reads as [UNK]: "
+                        "wooden. It knows: a, red, cube"]
     during_job = draw()
+    current.warnings = []
     current.server = addon.transport.ServerStatus(True, "0 running, 0 queued", ("generate",))
     current.active = None
     bpy.context.scene.dreamsmith.mode = "TEXTURE"
@@ -297,8 +300,11 @@ def test_panel_shows_status_progress_cancel_and_the_mode_button(tmp_path):
     (progress,) = [kwargs for name, _, kwargs in during if name == "progress"]
     assert float(progress["factor"]) == 0.25 and progress["text"] == "optimise 3/12"
     assert _operators(during) == ["dreamsmith.cancel"]
+    assert "has words the prior does not know" in _labels(during)  # the server's warning about the job
+    assert ["prop", "strict_prompt"] in [[name, args[1]] for name, args, _ in during if name == "prop"]
     idle = seen["idle_texture_mode"]
     assert "Connected to tcp://127.0.0.1:5555: 0 running, 0 queued" in _labels(idle)
+    assert "does not know" not in _labels(idle)
     assert "This server does not run 'paint' jobs yet" in _labels(idle)
     assert _operators(idle) == ["dreamsmith.texture_selected"]
     assert not [name for name, _, _ in idle if name == "progress"]
@@ -463,8 +469,9 @@ def test_without_a_server_the_operator_fails_fast_with_a_readable_report(tmp_pat
     address = f"tcp://127.0.0.1:{unused_port()}"
     seen = run_in_blender(in_blender_job_without_server, tmp_path / "user", address=address)
     assert seen["failed_after"] < 2.0
-    assert f"the server is not answering (no reply to hello from {address})" in seen["report"]
-    assert f"python -m server --bind {address}" in seen["report"]
+    # The Python client's own message, as from any other caller of it.
+    assert (f"no Dreamsmith server answered at {address} within 1 s; start one with: python -m server --bind "
+            f"{address}") in seen["report"]
     assert seen["unchanged"]
     assert seen["unregister_s"] < 1.5
 
@@ -687,6 +694,28 @@ def test_texture_and_sketch_selected_on_the_default_cube(operator, kind, dreamsm
     np.testing.assert_allclose(camera["c2w"], seen["camera_matrix"], atol=1e-5)
     # The panel's guidance is 0, the preset's: paint keeps its own scale rather than text-to-3D's 100.
     assert "guidance_scale" not in params
+
+
+def in_blender_prompt_words(addon, address):
+    import bpy
+
+    use_server(addon, address)
+    set_job("a wooden cube")
+    settings = bpy.context.scene.dreamsmith
+    settings.strict_prompt = True
+    strict_report = run_operator(bpy.ops.dreamsmith.generate, wait=True)
+    settings.strict_prompt = False
+    report = run_operator(bpy.ops.dreamsmith.generate, wait=True)
+    return {"strict_report": strict_report, "report": report, "warnings": addon.session.current().warnings}
+
+
+def test_strict_prompt_refuses_unknown_words_and_otherwise_the_panel_gets_the_servers_warning(dreamsmith_server,
+                                                                                               tmp_path):
+    seen = run_in_blender(in_blender_prompt_words, tmp_path / "user", address=dreamsmith_server.address)
+    assert "the server refused: params.prompt: the prompt 'a wooden cube' has words" in seen["strict_report"]
+    assert seen["report"] == ""
+    (warning,) = seen["warnings"]
+    assert ": wooden. It knows: a, an, of, red" in warning
 
 
 def in_blender_generate_then_quit(addon, address):

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -5,8 +6,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from engine.cli import main
+from engine.cli import ProgressBars, main, output_from_prompt
 from engine.meshes import MAX_FACES
+from engine.progress import Progress
 
 
 def run_cli(capsys, *args, command="generate"):
@@ -28,7 +30,6 @@ def run_cli(capsys, *args, command="generate"):
     (["a red cube", "-o", "/proc/a.glb"], "cannot write '/proc/a.glb'"),
     (["a red cube", "-o", "{tmp}"], "must be a .glb"),
     (["a red cube", "-o", "{tmp}/a.glb", "--model", "{tmp}/no-such-model"], "no model at"),
-    (["a red cube"], "required: -o/--output"),
 ])
 def test_bad_arguments_get_one_line_and_exit_2(capsys, tmp_path, args, message):
     code, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in args])
@@ -54,11 +55,76 @@ def test_generate_writes_glb_obj_and_preview_and_warns_on_long_prompts(tmp_path,
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "tokens" in result.stderr and "dropped" in result.stderr  # the truncation warning
-    assert str(out) in result.stdout
+    assert result.stdout.count("\n") == 1 and str(out) in result.stdout
     for path in (out, out.with_suffix(".obj"), out.with_suffix(".mtl"), tmp_path / "cube_preview.png"):
         assert path.is_file() and path.stat().st_size > 0, path
     loaded = trimesh.load(out, force="mesh")
     assert len(loaded.faces) > 0 and loaded.visual.uv is not None
+
+
+def screen_lines(stderr: str) -> list[str]:
+    """Each line as a terminal would end up showing it: a carriage return redraws the line."""
+    return [line.split("\r")[-1] for line in stderr.split("\n") if line]
+
+
+def test_without_o_the_output_is_named_after_the_prompt_and_every_written_file_is_listed(tmp_path, tiny_folder):
+    """Also: an unknown word is warned about on its own line, above the first progress bar."""
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "generate", "A wooden red cube.", "--model", str(tiny_folder),
+         "--preset", "draft", "--steps", "3", "--seed", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (wrote,) = result.stdout.splitlines()
+    assert wrote.startswith("wrote ")
+    written = [tmp_path / name for name in wrote.removeprefix("wrote ").split(", ")]
+    assert [path.name for path in written[:3]] == ["wooden_red_cube.glb", "wooden_red_cube.obj", "wooden_red_cube.mtl"]
+    assert written[-1].name == "wooden_red_cube_preview.png"
+    assert len(written) == 5 and written[3].suffix == ".png"  # the OBJ's texture
+    assert sorted(written) == sorted(tmp_path.iterdir())
+    (warning,) = [line for line in result.stderr.split("\n") if "wooden" in line]
+    assert warning.startswith("WARNING") and "%|" not in warning and "\r" not in warning
+    assert "the prior does not know" in warning and ": wooden." in warning and "It knows: a, an, of, red" in warning
+    assert result.stderr.index(warning) < result.stderr.index("optimising")
+    bars = screen_lines(result.stderr)
+    assert any(line.startswith("optimising: 100%") and "3/3" in line and "loss=" in line for line in bars)
+    assert any(re.fullmatch(r"mesh: done in \d+\.\d s", line) for line in bars), bars
+    assert any(re.fullmatch(r"colour: done in \d+\.\d s", line) for line in bars), bars
+
+
+@pytest.mark.parametrize("prompt, name", [
+    ("a red cube", "red_cube.glb"),
+    ("A big red cube.", "big_red_cube.glb"),
+    ("The Über-chair, front view!", "uber_chair_front_view.glb"),
+    ("a", "a.glb"),
+    ("红色立方体", "dreamsmith.glb"),
+    ("a " + "long " * 40, "long_" * 11 + "long.glb"),
+])
+def test_the_default_output_name_is_made_of_the_prompts_safe_characters(prompt, name):
+    assert output_from_prompt(prompt) == name
+
+
+def test_each_phase_gets_a_bar_or_a_line_of_its_own_and_only_optimisation_shows_the_loss(capsys):
+    bars = ProgressBars()
+    for step in (1, 2, 3):
+        bars(Progress("optimise", step, 3, loss=0.5))
+    bars(Progress("mesh", 1, 1, loss=0.5))  # reports only its end
+    for done in (0, 4, 8):  # Latent-Paint's colour stage counts views
+        bars(Progress("colour", done, 8, loss=0.5))
+    bars.close()
+    lines = screen_lines(capsys.readouterr().err)
+    assert len(lines) == 3, lines
+    optimise, mesh, colour = lines
+    assert optimise.startswith("optimising: 100%") and " 3/3 " in optimise and "step/s, loss=0.5]" in optimise
+    assert re.fullmatch(r"mesh: done in \d+\.\d s", mesh)
+    assert colour.startswith("colour: 100%") and " 8/8 " in colour and "view/s]" in colour and "loss" not in colour
+
+
+def test_strict_refuses_unknown_words_in_one_line_with_exit_2(capsys, tmp_path, tiny_folder):
+    code, err = run_cli(capsys, "a wooden cube", "-o", str(tmp_path / "a.glb"), "--model", str(tiny_folder),
+                        "--strict")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the prompt 'a wooden cube' has words the prior does not know" in err and ": wooden." in err
+    assert not list(tmp_path.iterdir())
 
 
 # -- paint and sketch: a mesh file before the prompt
@@ -89,6 +155,11 @@ BAD_MESHES = {  # name: (writes the file into a folder and returns its path, wha
     "unreadable": (lambda d: d / "broken.glb", "cannot read broken.glb"),
     "not a mesh format": (lambda d: d / "notes.txt", "cannot read .txt"),
     "empty": (lambda d: d / "points.obj", "points.obj holds no triangles"),
+    "an empty file": (lambda d: d / "nothing.stl", "nothing.stl is empty (0 bytes)"),
+    "a face past the vertex count": (lambda d: d / "badidx.obj",
+                                     "badidx.obj: face 2 refers to vertex 9, but the file has only 3 vertices"),
+    "a face with OBJ's vertex 0": (lambda d: d / "zero.obj", "zero.obj: face 1 refers to vertex 0, but OBJ vertices "
+                                   "are numbered from 1"),
     "non-finite": (lambda d: write_ascii_ply(d / "nan.ply", [(0, 0, 0), (1, "nan", 0), (0, 1, 0)], [(0, 1, 2)]),
                    "nan.ply: the vertices are not all finite"),
     "indices out of range": (lambda d: write_ascii_ply(d / "far.ply", TRIANGLE, [(0, 1, 7)]),
@@ -102,6 +173,9 @@ def bad_mesh_folder(tmp_path):
     (tmp_path / "broken.glb").write_bytes(b"glTF but not really \x00\x01")
     (tmp_path / "notes.txt").write_text("a cube, roughly")
     (tmp_path / "points.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    (tmp_path / "nothing.stl").write_bytes(b"")
+    (tmp_path / "badidx.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\nf 1 2 9\n")
+    (tmp_path / "zero.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 0\n")
     return tmp_path
 
 
@@ -140,7 +214,7 @@ def test_every_command_takes_the_same_options():
     from engine.cli import build_parser
 
     common = ["-o", "x.glb", "--model", "m", "--preset", "draft", "--steps", "3", "--seed", "4", "--guidance", "7",
-              "--negative", "blurry", "--method", "sjc", "--device", "cuda", "-v"]
+              "--negative", "blurry", "--strict", "--method", "sjc", "--device", "cuda", "-v"]
     parsed = {command: vars(build_parser().parse_args([command, *mesh, "a red cube", *common]))
               for command, mesh in (("generate", []), ("paint", ["m.obj"]), ("sketch", ["m.obj"]))}
     for command, values in parsed.items():
@@ -148,7 +222,7 @@ def test_every_command_takes_the_same_options():
         assert values.pop("mesh", "m.obj") == "m.obj"
     assert parsed["generate"] == parsed["paint"] == parsed["sketch"] == {
         "prompt": "a red cube", "output": "x.glb", "model": "m", "preset": "draft", "steps": 3, "seed": 4,
-        "guidance": 7.0, "negative": "blurry", "method": "sjc", "device": "cuda", "verbose": True}
+        "guidance": 7.0, "negative": "blurry", "strict": True, "method": "sjc", "device": "cuda", "verbose": True}
 
 
 def run_engine(*args):

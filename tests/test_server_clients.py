@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from server.client import ServerError
-from server.protocol import Code, Msg, State
-from server.testing import FAST_JOB, LONG_JOB
+from server.client import Client, NoServer, ServerError, ServerTimeout, no_server_message
+from server.protocol import DEFAULT_ADDRESS, Code, Msg, State
+from server.testing import FAST_JOB, LONG_JOB, free_port
 
 
 def refused_code(call, *args):
@@ -62,3 +62,16 @@ def test_four_clients_get_only_their_own_events_and_hit_the_queue_limits(dreamsm
             if expected_end[job_id] == State.DONE:
                 assert len(client.fetch(job_id).faces) > 0
     assert all(client.status()["jobs"] == [] for client in clients)
+
+
+def test_a_client_with_no_server_at_its_address_says_so_and_how_to_start_one():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with Client(address, timeout=0.3) as client, pytest.raises(NoServer) as caught:
+        client.submit("a red cube")
+    assert time.monotonic() - started < 2.0
+    assert isinstance(caught.value, ServerTimeout)  # callers that catch the timeout still do
+    assert str(caught.value) == (f"no Dreamsmith server answered at {address} within 0.3 s; "
+                                 f"start one with: python -m server --bind {address}")
+    assert no_server_message(DEFAULT_ADDRESS, 10.0) == (
+        "no Dreamsmith server answered at tcp://127.0.0.1:5555 within 10 s; start one with: python -m server")

@@ -156,5 +156,20 @@ def test_unusable_meshes_and_cameras_are_refused_naming_the_field(dreamsmith_cli
     assert dreamsmith_client.status()["jobs"] == []  # nothing was queued
 
 
+def test_unknown_words_are_a_warning_event_or_with_strict_a_refusal_naming_the_prompt(dreamsmith_client):
+    with pytest.raises(ServerError) as refusal:
+        dreamsmith_client.submit("a wooden cube", strict=True, **FAST_JOB)
+    assert (refusal.value.code, refusal.value.field) == (Code.BAD_REQUEST, "params.prompt")
+    assert "params.prompt: the prompt 'a wooden cube' has words the prior does not know" in refusal.value.message
+    assert dreamsmith_client.status()["jobs"] == []  # nothing was queued
+
+    job_id = dreamsmith_client.submit("a wooden cube", **LONG_JOB)
+    first = dreamsmith_client.poll_events(timeout=60)[0]  # before the job runs
+    assert (first.type, first.job_id) == (Msg.WARNING, job_id)
+    assert ": wooden. It knows: a, an, of, red" in first.header["message"]
+    dreamsmith_client.cancel(job_id)
+    assert dreamsmith_client.wait(job_id, timeout=30)["state"] == State.CANCELLED
+
+
 def test_the_server_runs_every_kind(dreamsmith_client):
     assert dreamsmith_client.hello()["kinds"] == ["generate", "paint", "sketch"]

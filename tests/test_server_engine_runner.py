@@ -155,6 +155,20 @@ def test_mesh_error_messages_name_their_field():
     assert mesh_error_field("the sketch encloses no volume at the field's resolution") == "vertices"
 
 
+def test_strict_params_refuse_unknown_words_naming_the_prompt_and_otherwise_warn(tiny):
+    runner = EngineRunner(tiny)
+    assert runner.prepare("generate", {"prompt": "a red cube", "strict": True}, {}).warnings == ()
+    assert prepared("generate", strict=True).config.strict_prompt is True
+    (warning,) = runner.prepare("generate", {"prompt": "a wooden cube"}, {}).warnings
+    assert "the prompt 'a wooden cube' has words the prior does not know" in warning and ": wooden." in warning
+    for params, field in (({"prompt": "a wooden cube"}, "params.prompt"),
+                          ({"prompt": "a red cube", "negative_prompt": "soggy"}, "params.negative_prompt")):
+        with pytest.raises(ProtocolError) as refused:
+            runner.prepare("paint", {**params, "strict": True}, cube_arrays())
+        assert (refused.value.code, refused.value.field) == (Code.BAD_REQUEST, field)
+        assert refused.value.message.startswith(f"{field}: the ")
+
+
 def test_params_a_config_refuses_are_refused_as_params():
     """Values past the protocol's checks (a Python caller of prepare) still meet the config's own."""
     for kind, arrays in (("generate", {}), ("paint", cube_arrays()), ("sketch", cube_arrays())):

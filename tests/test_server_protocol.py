@@ -69,6 +69,7 @@ def test_big_endian_arrays_are_sent_little_endian():
     (submit(prompt="   "), Code.BAD_REQUEST, "params.prompt"),
     (submit(prompt="x" * (protocol.MAX_PROMPT_CHARS + 1)), Code.BAD_REQUEST, "params.prompt"),
     (submit(method="magic"), Code.BAD_REQUEST, "params.method"),
+    (submit(strict="yes"), Code.BAD_REQUEST, "params.strict"),
     (submit(colour="red"), Code.BAD_REQUEST, "params.colour"),
     (submit("paint", grid_resolution=32), Code.BAD_REQUEST, "params.grid_resolution"),
     (submit("generate", cube_inputs()), Code.BAD_REQUEST, "vertices"),

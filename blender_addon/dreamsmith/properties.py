@@ -1,7 +1,7 @@
 """The job settings the panel edits, stored per scene (they are saved with the .blend)."""
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 from ._vendor import protocol
 
@@ -31,6 +31,11 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
                             description="Classifier-free guidance scale; 0 uses the quality preset's scale",
                             default=0.0, min=0.0, max=protocol.GUIDANCE_RANGE[1])
     preset: EnumProperty(name="Quality", items=PRESETS, default="STANDARD")
+    strict_prompt: BoolProperty(
+        name="Strict Prompt",
+        description="Refuse a prompt with words the model does not know; otherwise the job runs and the "
+                    "panel names them",
+        default=False)
     camera_collection: PointerProperty(
         name="Camera Rig", type=bpy.types.Collection,
         description="Send the cameras in this collection; empty sends the scene's active camera")
@@ -44,6 +49,8 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
             params["steps"] = self.steps
         if self.guidance >= protocol.GUIDANCE_RANGE[0]:  # 0 (anything under the minimum): the preset's
             params["guidance_scale"] = self.guidance
+        if self.strict_prompt:
+            params["strict"] = True
         return params
 
 

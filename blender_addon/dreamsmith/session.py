@@ -74,6 +74,7 @@ class Session:
         self.active: ActiveJob | None = None
         self.server = transport.ServerStatus(False, "checking the server…")
         self.last_error = ""  # why the last job failed, shown in the panel until the next job
+        self.warnings: list[str] = []  # the server's warnings about the last job, shown until the next job
         self.previews = bpy.utils.previews.new()
         self.monitor = transport.StatusMonitor(self.settings(), self.threads.context, self.events)
         self.threads.start(self.monitor.run, name="dreamsmith-status")
@@ -105,6 +106,7 @@ class Session:
         origin = list(origin) if origin is not None else None
         self.active = ActiveJob(order.kind, label, target, job_id=order.job_id, origin=origin)
         self.last_error = ""
+        self.warnings = []
         settings = self.settings()
         if wait:
             transport.run_job(order, settings, self.threads.context, self.events)
@@ -151,6 +153,9 @@ class Session:
                 self.active.phase, self.active.step, self.active.total = event.phase, event.step, event.total
             elif isinstance(event, transport.JobPreview):
                 self._show_preview(event.png)
+            elif isinstance(event, transport.JobWarning):
+                self.warnings.append(event.message)
+                log.warning("%s", event.message)
             elif isinstance(event, transport.JobEnded):
                 outcome = self._ended(event)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from ._vendor.client import Client, CurveKeys, Result, ServerError, ServerTimeout
+from ._vendor.client import Client, CurveKeys, NoServer, Result, ServerError, ServerTimeout
 from ._vendor.protocol import Code, Msg, State
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,13 @@ class JobPreview:
 
 
 @dataclass(frozen=True)
+class JobWarning:
+    """Something the user should know about a job that runs anyway, e.g. words the prior does not know."""
+    job_id: str
+    message: str
+
+
+@dataclass(frozen=True)
 class JobEnded:
     """The last event of every job run: ``result`` when it succeeded, else ``message`` says why not."""
     job_id: str | None  # None when the server never accepted the job
@@ -105,6 +112,8 @@ class JobOrder:
 
 
 def describe_failure(error: Exception, settings: ConnectionSettings) -> str:
+    if isinstance(error, NoServer):  # the client's own message: the address, and how to start a server
+        return str(error)
     if isinstance(error, ServerTimeout):
         return (f"the server is not answering ({error}). Is it running? Start one with: "
                 f"python -m server --bind {settings.address}")
@@ -155,6 +164,8 @@ def relay(message, events: queue.SimpleQueue) -> None:
         events.put(JobProgress(header["job_id"], header["phase"], header["step"], header["total"]))
     elif message.type == Msg.PREVIEW:
         events.put(JobPreview(header["job_id"], message.arrays["image_png"].tobytes()))
+    elif message.type == Msg.WARNING:
+        events.put(JobWarning(header["job_id"], header["message"]))
 
 
 def request_cancel(job_id: str, settings: ConnectionSettings, context: zmq.Context) -> None:

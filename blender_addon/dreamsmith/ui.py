@@ -42,6 +42,7 @@ def draw_settings(layout, settings: properties.DreamsmithSettings) -> None:
     column = layout.column()
     column.prop(settings, "prompt", icon="TEXT")
     column.prop(settings, "negative_prompt", text="Negative", icon="REMOVE")
+    column.prop(settings, "strict_prompt")
     column.prop(settings, "seed")
     column.prop(settings, "steps")
     column.prop(settings, "guidance")
@@ -79,6 +80,8 @@ class VIEW3D_PT_dreamsmith(bpy.types.Panel):
             draw_active_job(layout, current)
         else:
             layout.operator(operator.bl_idname, icon="PLAY")
+        for warning in current.warnings:
+            wrapped_label(layout.box(), context, warning, icon="INFO")
         if current.last_error:
             box = layout.box()
             box.alert = True

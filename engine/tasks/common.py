@@ -3,22 +3,40 @@ seeded generator; the colour stage's cameras; and latents of plain colours."""
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..cameras import Camera
+from ..config import TaskConfig
 from ..field import EnvironmentBackground
 from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
+from ..prompts import PromptError, check_words
+
+log = logging.getLogger(__name__)
 
 PREVIEWS_PER_RUN = 20
 
 
-def check_prompt(prompt: str) -> None:
+def check_prompt(prompt: str, prior: Prior, config: TaskConfig) -> None:
+    """Refuse an empty prompt, and warn about (or, with ``config.strict_prompt``, refuse) words the
+    prior does not know, before any work starts.
+
+    Args:
+        prompt: the task's prompt.
+        prior: the prior whose tokenizer will read it.
+        config: the task's config (its negative prompt and ``strict_prompt``).
+
+    Raises:
+        PromptError: an empty prompt, or unknown words under ``strict_prompt``.
+    """
     if not prompt.strip():
-        raise ValueError("the prompt is empty")
+        raise PromptError("the prompt is empty")
+    for message in check_words(prior, prompt, config.negative_prompt, config.strict_prompt):
+        log.warning("%s", message)
 
 
 def seeded_generator(seed: int) -> torch.Generator:

@@ -43,7 +43,7 @@ def generate(prompt: str, prior: Prior, config: GenerateConfig | None = None,
         The textured mesh, a preview picture, per-stage timings and the colour stage's error.
     """
     config = config or GenerateConfig()
-    check_prompt(prompt)
+    check_prompt(prompt, prior, config)
     cancel = cancel_token(cancel)
     started = time.perf_counter()
     run = optimise_field(prompt, prior, config, seeded_generator(config.seed), on_progress, cancel, rig)

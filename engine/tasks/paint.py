@@ -365,7 +365,7 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
         MeshError: a mesh that is not usable (the message says why in one line).
     """
     config = config or PaintConfig()
-    check_prompt(prompt)
+    check_prompt(prompt, prior, config)
     cancel = cancel_token(cancel)
     mesh = validate_mesh(mesh.vertices, mesh.faces, mesh.uvs)
 

@@ -111,7 +111,7 @@ def sketch(mesh: MeshInput, prompt: str, prior: Prior, config: SketchConfig | No
         MeshError: a sketch that is not a usable mesh or encloses no volume.
     """
     config = config or SketchConfig()
-    check_prompt(prompt)
+    check_prompt(prompt, prior, config)
     cancel = cancel_token(cancel)
     mesh = validate_mesh(mesh.vertices, mesh.faces, mesh.uvs)
     bound = prior.metadata.scene_bound
