@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .cameras import pixel_indices, project
-from .colour import DecodedView, foreground_mask
+from .colour import DecodedView, silhouette_mask
 from .field import VoxelField
 from .occupancy import lattice
 from .renderer import render
@@ -26,7 +26,7 @@ def background_votes(points: np.ndarray, views: list[DecodedView], threshold: fl
     votes = np.zeros(len(points), dtype=np.int32)
     for view in views:
         height, width = view.image.shape[:2]
-        mask = foreground_mask(view, threshold, grow=grow)
+        mask = silhouette_mask(view, threshold, grow=grow)
         rows, cols, inside = pixel_indices(*project(points, view.camera, width, height), width, height)
         votes[inside] += ~mask[rows[inside], cols[inside]]
     return votes
@@ -68,7 +68,7 @@ def matching_level(density: np.ndarray, bound: float, views: list[DecodedView], 
     The field's density is not calibrated: a fog that the renderer accumulates to full opacity can
     lie below any fixed level, and a level low enough for fog turns a dense field's soft skirt
     into surface. The decoded views say where the object's outline is, so they pick the level."""
-    masks = [foreground_mask(view, threshold) for view in views]
+    masks = [silhouette_mask(view, threshold) for view in views]
     scores = [silhouette_iou(density > level, bound, views, masks) for level in candidates]
     return candidates[int(np.argmax(scores))]
 
@@ -83,7 +83,7 @@ def fit_silhouettes(field: VoxelField, views: list[DecodedView], threshold: floa
     that settles the outline, not a second optimisation."""
     targets = []
     for view in views:
-        mask = foreground_mask(view, threshold).astype(np.float32)
+        mask = silhouette_mask(view, threshold).astype(np.float32)
         factor = mask.shape[0] // resolution
         targets.append(torch.from_numpy(mask.reshape(resolution, factor, resolution, factor).mean(axis=(1, 3))))
     optimiser = torch.optim.Adam([field.density], lr=learning_rate)

@@ -16,6 +16,7 @@ import torch
 from scipy import ndimage
 from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.spatial import cKDTree
+from skimage.filters import apply_hysteresis_threshold
 
 from .cameras import Camera, pixel_indices, project
 from .config import TEXTURE_SIZE_RANGE, check_int, check_number
@@ -26,6 +27,9 @@ from .refine import RefineConfig
 from .renderer import render
 
 MAX_FILL_SOURCES = 20_000
+# A white object's lit faces come within 0.1 of a white background, yet the VAE's background noise
+# stays under 0.01 away from the object: faint pixels count as object when they touch clear ones.
+FAINT_FOREGROUND = 0.3
 
 
 @dataclass(frozen=True)
@@ -92,12 +96,28 @@ def border_colour(image: np.ndarray) -> np.ndarray:
     return np.median(ring, axis=0)
 
 
+def _difference_from_border(view: DecodedView) -> np.ndarray:
+    return np.abs(view.image - border_colour(view.image)).max(axis=-1)
+
+
 def foreground_mask(view: DecodedView, threshold: float, grow: int = 0) -> np.ndarray:
     """Pixels whose colour differs from the view's background (its border colour) by more than
-    ``threshold`` in some channel, grown by ``grow`` pixels (shrunk when negative). The decoded
-    view's own border is the reference, not the learned background decoded alone: refinement
-    redraws the background too."""
-    mask = np.abs(view.image - border_colour(view.image)).max(axis=-1) > threshold
+    ``threshold`` in some channel, grown by ``grow`` pixels (shrunk when negative): the pixels that
+    may lend the surface their colour. The decoded view's own border is the reference, not the
+    learned background decoded alone: refinement redraws the background too."""
+    return _grown(_difference_from_border(view) > threshold, grow)
+
+
+def silhouette_mask(view: DecodedView, threshold: float, grow: int = 0) -> np.ndarray:
+    """The object's whole outline in a view: ``foreground_mask``'s pixels and, connected to them,
+    pixels that differ from the background by more than ``FAINT_FOREGROUND`` of ``threshold``
+    (hysteresis), such as a white object's lit faces on a white background; grown like
+    ``foreground_mask``. The surface follows these; colour comes from the clearer pixels only."""
+    difference = _difference_from_border(view)
+    return _grown(apply_hysteresis_threshold(difference, FAINT_FOREGROUND * threshold, threshold), grow)
+
+
+def _grown(mask: np.ndarray, grow: int) -> np.ndarray:
     square = np.ones((3, 3), dtype=bool)  # diagonal neighbours count: bilinear taps reach them
     if grow > 0:
         return binary_dilation(mask, square, iterations=grow)

@@ -22,7 +22,7 @@ import trimesh
 from scipy.ndimage import binary_opening, gaussian_filter
 
 from .carve import background_votes, carve, fit_silhouettes, matching_level, silhouette_iou
-from .colour import DecodedView, foreground_mask
+from .colour import DecodedView, silhouette_mask
 from .config import MESH_RESOLUTION_RANGE, check_choice, check_int, check_number
 from .export import extract_mesh
 from .field import VoxelField
@@ -76,7 +76,7 @@ class SurfaceConfig:
 
 def views_show_object(views: list[DecodedView], foreground_threshold: float) -> bool:
     """Whether the decoded views show an object at all: an untrained prior's would carve everything."""
-    return float(np.mean([foreground_mask(view, foreground_threshold).mean() for view in views])) > 0.01
+    return float(np.mean([silhouette_mask(view, foreground_threshold).mean() for view in views])) > 0.01
 
 
 def field_surface(field: VoxelField, views: list[DecodedView], config: SurfaceConfig, foreground_threshold: float,
@@ -119,7 +119,7 @@ def hull(bound: float, views: list[DecodedView], config: SurfaceConfig, foregrou
 def hull_agreement(inside: np.ndarray, bound: float, views: list[DecodedView], foreground_threshold: float) -> float:
     """Mean IoU of the hull's silhouettes with the views' object masks: near 1 when the views show
     one object from all sides, low when they disagree (a random prior's speckle leaves a sponge)."""
-    masks = [foreground_mask(view, foreground_threshold) for view in views]
+    masks = [silhouette_mask(view, foreground_threshold) for view in views]
     return silhouette_iou(inside, bound, views, masks)
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from scipy.ndimage import binary_erosion
 
 from engine import generate
 from engine.cameras import CameraConvention, ViewSampler, fit_rig, orbit_camera
 from engine.carve import carve
-from engine.colour import DecodedView, albedo, backproject, foreground_mask
+from engine.colour import DecodedView, albedo, backproject, foreground_mask, silhouette_mask
 from engine.export import texel_surface_points, unwrap
 from engine.occupancy import lattice
 from engine.prior import Prior
@@ -43,6 +44,18 @@ def test_foreground_mask_is_the_difference_from_the_border_colour():
     mask = foreground_mask(view, 0.1)
     assert np.array_equal(mask, view.opacity > 0.5)
     assert foreground_mask(view, 0.1, grow=2).sum() > mask.sum() > foreground_mask(view, 0.1, grow=-2).sum()
+
+
+def test_the_silhouette_keeps_faint_pixels_that_touch_the_object_and_drops_faint_specks():
+    # A white object on white: its lit face is 0.04 off the background, its shaded rim 0.3.
+    view = sphere_views(0.3, azimuths=[0])[0]
+    obj = view.opacity > 0.5
+    rim = obj & ~binary_erosion(obj, iterations=2)
+    image = np.where(obj[..., None], 0.96, 1.0) - np.where(rim[..., None], 0.26, 0.0)
+    image[4:6, 4:6] = 0.96  # a faint speck far from the object: the VAE's background noise
+    white_on_white = DecodedView(view.camera, np.repeat(image, 3, axis=-1), view.opacity)
+    assert np.array_equal(silhouette_mask(white_on_white, 0.1), obj)
+    assert np.array_equal(foreground_mask(white_on_white, 0.1), rim)  # colour only from clear pixels
 
 
 def test_carving_keeps_the_visual_hull_and_empties_what_views_show_as_background():
