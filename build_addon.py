@@ -8,7 +8,8 @@
 3. Zips the extension, with ``server/protocol.py`` and ``server/client.py`` copied into
    ``_vendor/`` so the installed add-on speaks the one protocol the server defines.
 4. Validates the zip with Blender's own ``extension validate`` command, run by a ``blender``
-   executable (``--blender``, or on the PATH) or else by the ``bpy`` module of this Python.
+   executable (``--blender``, or on the PATH) or else by the ``bpy`` module of a Python that has it
+   (``--bpy-python``, this Python, or the Blender environment ``python -m scripts.blender_venv`` makes).
 """
 
 from __future__ import annotations
@@ -135,20 +136,44 @@ def build_zip(wheels: list[str], dist: Path) -> Path:
     return output
 
 
-def validator_command(blender: str | None) -> list[str] | None:
+def repository_bpy_python() -> Path | None:
+    """The Blender environment's python (scripts/blender_venv.py), when it has been made."""
+    from scripts.blender_venv import blender_python  # imported late: that script imports REQUIREMENTS from here
+
+    return blender_python()
+
+
+def validator_command(blender: str | None, bpy_python: str | Path | None = None) -> list[str] | None:
+    """The command that validates an extension zip given as its last argument, or None without a Blender.
+
+    Args:
+        blender: a Blender executable; else ``blender`` on the PATH.
+        bpy_python: a Python with the bpy module, used when there is no Blender executable; else this
+            Python if it has bpy, else the repository's Blender environment.
+    """
     blender = blender or shutil.which("blender")
     if blender:
         return [blender, "--factory-startup", "--command", "extension", "validate"]
-    if importlib.util.find_spec("bpy") is not None:
-        return [sys.executable, "-c", VALIDATE_WITH_BPY]
+    if bpy_python is None and importlib.util.find_spec("bpy") is not None:
+        bpy_python = sys.executable
+    bpy_python = bpy_python or repository_bpy_python()
+    if bpy_python is not None:
+        return [str(bpy_python), "-c", VALIDATE_WITH_BPY]
     return None
 
 
-def validate(archive: Path, blender: str | None, required: bool) -> bool:
-    """Blender's verdict on the zip; False when no Blender could be found (an error if ``required``)."""
-    command = validator_command(blender)
+def validate(archive: Path, blender: str | None, required: bool, bpy_python: str | Path | None = None) -> bool:
+    """Blender's verdict on the zip; False when no Blender could be found (an error if ``required``).
+
+    Args:
+        archive: the extension zip.
+        blender, bpy_python: what validates it (``validator_command``).
+        required: raise BuildError rather than warn when nothing can validate it.
+    """
+    command = validator_command(blender, bpy_python)
     if command is None:
-        message = "no Blender to validate with: pass --blender PATH, put blender on the PATH or pip install bpy"
+        message = ("no Blender to validate with: pass --blender PATH or --bpy-python PATH, put blender on the PATH "
+                   "or make the Blender environment: python -m scripts.blender_venv")
         if required:
             raise BuildError(message)
         log.warning("%s; %s was NOT validated", message, archive.name)
@@ -165,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="where the zip goes (default: dist/)")
     parser.add_argument("--blender", help="the Blender executable to validate with (default: blender on the "
                                           "PATH, else the bpy module)")
+    parser.add_argument("--bpy-python", type=Path, help="a Python with the bpy module to validate with when there "
+                        "is no Blender executable (default: this Python if it has bpy, else .venv-blender's)")
     parser.add_argument("--require-validation", action="store_true",
                         help="fail when no Blender can validate the zip instead of warning")
     args = parser.parse_args(argv)
@@ -173,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         wheels = fetch_wheels()
         write_manifest_wheels(wheels)
         archive = build_zip(wheels, args.dist)
-        validate(archive, args.blender, args.require_validation)
+        validate(archive, args.blender, args.require_validation, args.bpy_python)
     except BuildError as error:
         log.error("build_addon: %s", error)
         return 1

@@ -38,18 +38,18 @@ from engine.meshes import MeshInput
 from engine.occupancy import winding_numbers
 from engine.tasks import preset_config
 from engine.tasks.sketch import sketch
+from primitive_world import contract
 from primitive_world.classify import classify_colour
 
 log = logging.getLogger("bench.sketch_quality")
 
 MAX_SECONDS = 180.0
 IOU_RESOLUTION = 96
-CONTRACT_CUBE_SIDE = 0.70  # /work/shared/primitive-world.md: "cube: axis-aligned box, side 0.70"
 
 
 def cases() -> list[dict]:
-    cube = trimesh.creation.box(extents=[CONTRACT_CUBE_SIDE * 0.9] * 3)
-    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.45)
+    cube = trimesh.creation.box(extents=[contract.CUBE_SIDE * 0.9] * 3)
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=contract.SPHERE_RADIUS)
     return [
         {"name": "cube-as-house", "mesh": cube, "prompt": "a red house", "colour": "red", "min_iou": 0.7},
         {"name": "sphere-as-cube", "mesh": sphere, "prompt": "a blue cube", "colour": None, "min_iou": 0.75},

@@ -1,7 +1,8 @@
-"""Primitive World v1: the constants and rules of /work/shared/primitive-world.md, in code.
+"""Primitive World v1, the world the embedded prior was trained on: its constants and rules.
 
 Everything that generates data for, or measures, the embedded prior reads its numbers from
-here, so the contract lives in exactly one place on the Python side.
+here, so the world is defined in exactly one place; the prior's model card
+(primitive_world.model_card) describes it from these same constants.
 """
 
 from __future__ import annotations
@@ -16,8 +17,19 @@ from engine.cameras import view_label
 
 NAME = "primitive-world-v1"
 
-# ---- shapes (geometry lives in primitive_world.render) ----------------------------------
+# ---- shapes: metres, Blender axes (+Z up, front -Y), centred on the origin ------------------
+# primitive_world.render ray-casts them exactly; primitive_world.meshes tessellates them.
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder", "cone", "torus", "pyramid", "house")
+CUBE_SIDE = 0.70  # axis-aligned
+SPHERE_RADIUS = 0.45
+CYLINDER = dict(radius=0.35, z=(-0.40, 0.40))  # axis Z
+CONE = dict(radius=0.45, z=(-0.40, 0.40))  # axis Z: base radius at z[0], apex at z[1]
+TORUS = dict(major=0.32, minor=0.12)  # lying in the XY plane
+PYRAMID = dict(side=0.80, z=(-0.35, 0.35))  # square base at z[0], edges along X and Y; apex at z[1]
+HOUSE_BODY = dict(x=(-0.35, 0.35), y=(-0.30, 0.30), z=(-0.45, 0.10))  # a box
+HOUSE_RIDGE_Z = 0.45  # gable roof from the body's top to a ridge along X at y = 0
+# The door: painted on the front face (y = HOUSE_BODY["y"][0]) only, so a door at the back is a Janus failure.
+HOUSE_DOOR = dict(x=(-0.10, 0.10), z=(-0.45, -0.10))
 
 # ---- colours: albedo in [0, 1] sRGB ------------------------------------------------------
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -44,7 +56,8 @@ OVERHEAD_ELEVATION_DEG = 40.0
 SCENE_BOUND = 0.75
 
 # ---- shading ------------------------------------------------------------------------------
-LIGHT_DIR = tuple((np.array([0.4, -0.6, 0.7]) / np.linalg.norm([0.4, -0.6, 0.7])).tolist())
+LIGHT_TOWARDS = (0.4, -0.6, 0.7)  # towards the light: from the front (-Y), the right (+X) and above
+LIGHT_DIR = tuple((np.array(LIGHT_TOWARDS) / np.linalg.norm(LIGHT_TOWARDS)).tolist())
 AMBIENT = 0.40
 DIFFUSE = 0.60
 BACKGROUND_RGB = (1.0, 1.0, 1.0)

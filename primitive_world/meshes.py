@@ -1,4 +1,4 @@
-"""The contract's shapes (/work/shared/primitive-world.md) as triangle meshes.
+"""Primitive World's shapes (primitive_world.contract) as triangle meshes.
 
 Blender axes (+Z up, front -Y), centred as the contract places them, closed and wound outward.
 They are what Latent-Paint and Sketch-Shape are measured on.  Flat-sided shapes can be refined
@@ -14,15 +14,8 @@ import numpy as np
 import trimesh
 
 from . import contract as C
+from .contract import CONE, CUBE_SIDE, CYLINDER, HOUSE_BODY, HOUSE_RIDGE_Z, PYRAMID, SPHERE_RADIUS, TORUS
 
-CUBE_SIDE = 0.70
-SPHERE_RADIUS = 0.45
-CYLINDER = dict(radius=0.35, z=(-0.40, 0.40))
-CONE = dict(radius=0.45, z=(-0.40, 0.40))
-TORUS = dict(major=0.32, minor=0.12)
-PYRAMID = dict(side=0.80, z=(-0.35, 0.35))
-HOUSE_BODY = dict(x=(-0.35, 0.35), y=(-0.30, 0.30), z=(-0.45, 0.10))
-HOUSE_RIDGE_Z = 0.45
 # Round shapes: segments around the axis (and around the torus tube).
 SECTIONS = 64
 

@@ -1,4 +1,5 @@
-"""Write the prior's model card (README.md) from its training.json and eval.json.
+"""Write the prior's model card (README.md) from its training.json and eval.json, and describe the world
+it was trained on from primitive_world.contract.
 
     python -m primitive_world.model_card --model engine/priors/primitive-world
 """
@@ -52,6 +53,87 @@ def accuracy_table(first_column: str, groups: dict) -> str:
     """Colour and shape accuracy per group (view or shape) of the evaluation."""
     rows = [(k, _pct(r["colour_acc"]), _pct(r["shape_acc"])) for k, r in groups.items()]
     return markdown_table((first_column, "colour", "shape"), rows)
+
+
+def _metres(x: float) -> str:
+    """A length in metres as the world's tables give it: two decimals."""
+    return f"{x:.2f}"
+
+
+def _span(interval: tuple[float, float]) -> str:
+    return f"[{_metres(interval[0])}, {_metres(interval[1])}]"
+
+
+def _triple(values, digits: int = 2) -> str:
+    return "(" + ", ".join(f"{v:.{digits}f}" for v in values) + ")"
+
+
+def _degrees(x: float) -> str:
+    return f"{x:g}"
+
+
+def shape_geometry() -> dict[str, str]:
+    """Each shape's geometry in words, from the contract's numbers."""
+    house, door = C.HOUSE_BODY, C.HOUSE_DOOR
+    return {
+        "cube": f"axis-aligned box, side {_metres(C.CUBE_SIDE)}",
+        "sphere": f"radius {_metres(C.SPHERE_RADIUS)}",
+        "cylinder": f"axis Z, radius {_metres(C.CYLINDER['radius'])}, from z = {_metres(C.CYLINDER['z'][0])} to "
+                    f"z = {_metres(C.CYLINDER['z'][1])}",
+        "cone": f"axis Z, base radius {_metres(C.CONE['radius'])} at z = {_metres(C.CONE['z'][0])}, apex at "
+                f"z = {_metres(C.CONE['z'][1])}",
+        "torus": f"lying in the XY plane (axis Z), major radius {_metres(C.TORUS['major'])}, minor radius "
+                 f"{_metres(C.TORUS['minor'])}",
+        "pyramid": f"square base of side {_metres(C.PYRAMID['side'])}, edges along X and Y, at z = "
+                   f"{_metres(C.PYRAMID['z'][0])}; apex at z = {_metres(C.PYRAMID['z'][1])}",
+        "house": f"body: box x ∈ {_span(house['x'])}, y ∈ {_span(house['y'])}, z ∈ {_span(house['z'])}; gable "
+                 f"roof: a triangular prism over the body from z = {_metres(house['z'][1])} to a ridge along X "
+                 f"at y = 0, z = {_metres(C.HOUSE_RIDGE_Z)}; door: the rectangle x ∈ {_span(door['x'])}, "
+                 f"z ∈ {_span(door['z'])} on the front face (y = {_metres(house['y'][0])}) only, dark brown "
+                 f"{_triple(C.DOOR_RGB)}",
+    }
+
+
+def view_suffix_list() -> str:
+    """One bullet per view suffix: the camera angles that get it (contract.view_angle_ranges)."""
+    lines = []
+    for view in C.VIEWS:
+        pieces = C.view_angle_ranges(view)
+        (elevation_lo, elevation_hi) = pieces[0][1]
+        azimuths = " ∪ ".join(f"[{_degrees(lo)}°, {_degrees(hi)}°)" for (lo, hi), _ in pieces)
+        closing = "]" if elevation_hi == C.ELEVATION_RANGE_DEG[1] else ")"
+        elevation = f"[{_degrees(elevation_lo)}°, {_degrees(elevation_hi)}°{closing}"
+        suffix = C.VIEW_PROMPT.format(prompt="", view=view)
+        lines.append(f"- `{suffix}`: azimuth {azimuths}, elevation {elevation}\n")
+    return "".join(lines)
+
+
+def world_values() -> dict:
+    """The Primitive World section: shapes, colours, camera, shading, background and prompts."""
+    return {
+        "shapes_table": markdown_table(("word", "geometry"), list(shape_geometry().items())),
+        "colours_table": markdown_table(("word", "albedo"), [(c, _triple(rgb)) for c, rgb in C.COLOURS.items()]),
+        "camera_distance": f"{C.CAMERA_DISTANCE:g}",
+        "fov_y_deg": _degrees(C.FOV_Y_DEG),
+        "image_size": C.IMAGE_SIZE,
+        "elevation_min": _degrees(C.ELEVATION_RANGE_DEG[0]),
+        "elevation_max": _degrees(C.ELEVATION_RANGE_DEG[1]),
+        "azimuth_min": _degrees(C.AZIMUTH_RANGE_DEG[0]),
+        "azimuth_max": _degrees(C.AZIMUTH_RANGE_DEG[1]),
+        "ambient": f"{C.AMBIENT:.2f}",
+        "diffuse": f"{C.DIFFUSE:.2f}",
+        "light_towards": _triple(C.LIGHT_TOWARDS, 1),
+        "light_dir": _triple(C.LIGHT_DIR, 3),
+        "background_rgb": _triple(C.BACKGROUND_RGB, 0),
+        "supersample": C.SUPERSAMPLE,
+        "view_prompt": C.VIEW_PROMPT,
+        "view_suffix_list": view_suffix_list(),
+        "vocabulary_size": len(C.VOCABULARY),
+        "vocabulary": ", ".join(f"`{word}`" for word in C.VOCABULARY),
+        "mix_suffix": f"{100 * C.PROMPT_MIX['suffix']:.0f} %",
+        "mix_bare": f"{100 * C.PROMPT_MIX['bare']:.0f} %",
+        "mix_empty": f"{100 * C.PROMPT_MIX['empty']:.0f} %",
+    }
 
 
 def component_values(train: dict, folder: Path) -> dict:
@@ -164,6 +246,7 @@ def render_card(folder: Path) -> str:
     train = json.loads((folder / "training.json").read_text())
     ev = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").exists() else None
     values = {
+        **world_values(),
         **component_values(train, folder),
         **training_data_values(train),
         **recipe_values(train),

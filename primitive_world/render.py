@@ -105,7 +105,7 @@ def _valid(t, ok):
     return torch.where(ok & (t > 0), t, torch.full_like(t, _INF))
 
 
-def _hit_cylinder(o, d, radius=0.35, z0=-0.40, z1=0.40):
+def _hit_cylinder(o, d, radius=C.CYLINDER["radius"], z0=C.CYLINDER["z"][0], z1=C.CYLINDER["z"][1]):
     a = d[:, 0] ** 2 + d[:, 1] ** 2
     b = o[:, 0] * d[:, 0] + o[:, 1] * d[:, 1]
     c = o[:, 0] ** 2 + o[:, 1] ** 2 - radius**2
@@ -125,7 +125,7 @@ def _hit_cylinder(o, d, radius=0.35, z0=-0.40, z1=0.40):
     return _nearest((t_side, n_side), *caps)
 
 
-def _hit_cone(o, d, base_radius=0.45, z0=-0.40, apex=0.40):
+def _hit_cone(o, d, base_radius=C.CONE["radius"], z0=C.CONE["z"][0], apex=C.CONE["z"][1]):
     k2 = (base_radius / (apex - z0)) ** 2
     w = apex - o[:, 2]
     a = d[:, 0] ** 2 + d[:, 1] ** 2 - k2 * d[:, 2] ** 2
@@ -155,7 +155,7 @@ def _torus_sdf(p, major, minor):
     return torch.sqrt(q * q + p[:, 2] ** 2) - minor
 
 
-def _hit_torus(o, d, major=0.32, minor=0.12, iterations=64, eps=1e-4):
+def _hit_torus(o, d, major=C.TORUS["major"], minor=C.TORUS["minor"], iterations=64, eps=1e-4):
     """Sphere tracing of the exact torus SDF, only for rays that hit its bounding sphere."""
     n_rays = o.shape[0]
     t_out = torch.full((n_rays,), _INF)
@@ -182,19 +182,29 @@ def _hit_torus(o, d, major=0.32, minor=0.12, iterations=64, eps=1e-4):
     return t_out, n_out
 
 
-_CUBE = _box_planes((-0.35, -0.35, -0.35), (0.35, 0.35, 0.35))
-_PYRAMID = _planes(
-    [(0, 0, -1), (0.70, 0, 0.40), (-0.70, 0, 0.40), (0, 0.70, 0.40), (0, -0.70, 0.40)],
-    [0.35, 0.14, 0.14, 0.14, 0.14],
-)
-_HOUSE_BODY = _box_planes((-0.35, -0.30, -0.45), (0.35, 0.30, 0.10))
+def _pyramid_planes():
+    """Base plane and four sides, each side through a base edge and the apex."""
+    half, (z0, z1) = C.PYRAMID["side"] / 2, C.PYRAMID["z"]
+    height = z1 - z0
+    sides = [(height, 0, half), (-height, 0, half), (0, height, half), (0, -height, half)]
+    return _planes([(0, 0, -1), *sides], [-z0] + [half * z1] * 4)
+
+
+def _roof_planes():
+    """The gable roof's prism: the body's x range, its top, and two slopes meeting at the ridge."""
+    (x0, x1), (y0, y1), (_, top) = C.HOUSE_BODY["x"], C.HOUSE_BODY["y"], C.HOUSE_BODY["z"]
+    rise, ridge = C.HOUSE_RIDGE_Z - top, C.HOUSE_RIDGE_Z
+    return _planes([(1, 0, 0), (-1, 0, 0), (0, 0, -1), (0, rise, y1), (0, -rise, -y0)],
+                   [x1, -x0, -top, y1 * ridge, -y0 * ridge])
+
+
+_CUBE = _box_planes((-C.CUBE_SIDE / 2,) * 3, (C.CUBE_SIDE / 2,) * 3)
+_PYRAMID = _pyramid_planes()
+_HOUSE_BODY = _box_planes(*zip(C.HOUSE_BODY["x"], C.HOUSE_BODY["y"], C.HOUSE_BODY["z"]))
 _HOUSE_FRONT_PLANE = 3  # index of the (0, -1, 0) plane in _box_planes
-_HOUSE_ROOF = _planes(
-    [(1, 0, 0), (-1, 0, 0), (0, 0, -1), (0, 0.35, 0.30), (0, -0.35, 0.30)],
-    [0.35, 0.35, -0.10, 0.135, 0.135],
-)
-DOOR_X = (-0.10, 0.10)
-DOOR_Z = (-0.45, -0.10)
+_HOUSE_ROOF = _roof_planes()
+DOOR_X = C.HOUSE_DOOR["x"]
+DOOR_Z = C.HOUSE_DOOR["z"]
 
 
 def intersect(shape: str, o: torch.Tensor, d: torch.Tensor):
@@ -204,7 +214,7 @@ def intersect(shape: str, o: torch.Tensor, d: torch.Tensor):
         t, n, _ = _hit_polytope(o, d, _CUBE)
         return t, n, no_door
     if shape == "sphere":
-        t, n = _hit_sphere(o, d, 0.45)
+        t, n = _hit_sphere(o, d, C.SPHERE_RADIUS)
         return t, n, no_door
     if shape == "cylinder":
         return (*_hit_cylinder(o, d), no_door)

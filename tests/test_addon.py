@@ -1,11 +1,13 @@
 """The Blender add-on (blender_addon/dreamsmith) and build_addon.py, tested inside real Blender: the
 PyPI ``bpy`` module, headless.
 
+bpy lives in its own environment, ``.venv-blender/`` (``python -m scripts.blender_venv``, part of the
+README's test command), because it pins NumPy below 2; the tests themselves run in the main one.
 bpy can be imported once per process and keeps global state, so every Blender-side check runs in a
-fresh ``python`` subprocess with its own Blender user folder (``run_in_blender``). The check itself
-is a plain function below, named ``in_blender_*``: its source is sent to the subprocess, which
-enables the add-on (from the built zip or the source tree), calls it with the add-on's module, and
-sends back its JSON return value for the assertions here.
+fresh subprocess of that environment's python with its own Blender user folder (``run_in_blender``).
+The check itself is a plain function below, named ``in_blender_*``: its source is sent to the
+subprocess, which enables the add-on (from the built zip or the source tree), calls it with the
+add-on's module, and sends back its JSON return value for the assertions here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # scripts/ is not an installed package; plain `pytest` does not put the root first
+    sys.path.insert(0, str(ROOT))
+
+from scripts import blender_venv  # noqa: E402
+
 ADDON_SOURCE = ROOT / "blender_addon" / "dreamsmith"
 # Wheel platform tags for the manifest's windows-x64, linux-x64, macos-arm64 and macos-x64.
 PLATFORM_TAGS = (r"win_amd64", r"manylinux\w*_x86_64", r"macosx_\d+_\d+_(arm64|universal2)",
@@ -36,20 +43,25 @@ BLENDER_TIMEOUT_S = 180
 # A job on the tiny test prior that finishes in seconds (the draft preset, few steps).
 FAST = dict(preset="DRAFT", steps=3, seed=7)
 
-pytestmark = pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the bpy module exists for Python 3.11 only")
+pytestmark = pytest.mark.skipif(blender_venv.find_bpy_python() is None,
+                                reason="the bpy module exists for Python 3.11 only, and there is none here")
 
 
-def require_bpy() -> None:
-    if importlib.util.find_spec("bpy") is None:
-        pytest.fail("the bpy module is not installed: pip install -e '.[test]' brings it (bpy==5.0.1)")
+def bpy_python() -> Path:
+    """The Blender environment's python; the test fails, naming the command, when it has not been made."""
+    python = blender_venv.blender_python()
+    if python is None:
+        pytest.fail(f"no Blender environment at {blender_venv.VENV_DIR}: python -m scripts.blender_venv makes it "
+                    "(the README's test command runs it)")
+    return python
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> subprocess.CompletedProcess:
-    require_bpy()  # build_addon.py validates with it
     dist = tmp_path_factory.mktemp("dist")
-    return subprocess.run([sys.executable, str(ROOT / "build_addon.py"), "--dist", str(dist), "--require-validation"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    # This environment's pip fetches the wheels; the Blender environment's bpy validates the zip.
+    return subprocess.run([sys.executable, str(ROOT / "build_addon.py"), "--dist", str(dist), "--require-validation",
+                           "--bpy-python", str(bpy_python())], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +131,7 @@ BLENDER_HELPERS = (enable, use_server, set_job, select_only, run_operator)
 
 
 def run_in_blender(check, user_dir: Path, source: str = "source", addon_zip: Path | None = None, **arguments):
-    require_bpy()
+    python = bpy_python()
     where = str(addon_zip) if source == "zip" else str(ROOT / "blender_addon")
     code = "\n\n".join([
         "import json",
@@ -131,7 +143,7 @@ def run_in_blender(check, user_dir: Path, source: str = "source", addon_zip: Pat
     ])
     user_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(user_dir)}  # never the real Blender's settings
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env,
                           timeout=BLENDER_TIMEOUT_S, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARKER)]
     if done.returncode != 0 or not lines:
@@ -178,7 +190,7 @@ def test_the_validator_really_runs_and_rejects_a_bad_manifest(addon_zip, tmp_pat
                 data = data.replace(b'type = "add-on"', b'type = "gadget"')
             target.writestr(item, data)
     with pytest.raises(build_addon.BuildError, match="rejected"):
-        build_addon.validate(broken, blender=None, required=True)
+        build_addon.validate(broken, blender=None, required=True, bpy_python=bpy_python())
 
 
 # -- the recent jobs list (plain Python, no bpy)

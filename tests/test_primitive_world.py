@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from primitive_world.classify import (
     classify_shape_in_view,
     object_mask,
 )
+from primitive_world.meshes import contract_mesh
 from primitive_world.render import colourise, contract_camera, render, render_geometry, render_silhouette
 
 PRIOR = Path(__file__).resolve().parents[1] / "engine" / "priors" / "primitive-world"
@@ -237,3 +239,25 @@ def test_model_card_without_eval_has_no_quality_section(tmp_path):
     assert "| total | 30.5 min (1831 s) |\n\n(¹) rendered from a cache; the shipped run's total excludes it.\n\n" \
            "## Limitations\n" in card
     assert "$" not in card and "\n\n\n" not in card
+
+
+def test_the_shipped_model_card_is_its_template_rendered_and_describes_the_world_itself():
+    from primitive_world.model_card import render_card, shape_geometry
+
+    card = (PRIOR / "README.md").read_text(encoding="utf-8")
+    assert render_card(PRIOR) == card  # python -m primitive_world.model_card rewrites it byte for byte
+    # Nothing the card needs lies outside the repository: no absolute paths, no climbing out of it.
+    assert not re.search(r"(?<![\w.])/(work|home|root|tmp|opt)/|\.\./", card)
+    world = card[card.index("## Primitive World"):card.index("## Components")]
+    for shape in C.SHAPES:
+        assert f"| {shape} | {shape_geometry()[shape]} |" in world
+    for colour, albedo in C.COLOURS.items():
+        assert f"| {colour} | ({', '.join(f'{v:.2f}' for v in albedo)}) |" in world
+    for expected in ("distance 2.2", "field\nof view 40°", "64×64 pixels", "(0.40 + 0.60·max(0, n·l))",
+                     "normalize(0.4, -0.6, 0.7)", "pure white (1, 1, 1)", "`a {colour} {shape}`",
+                     "- `, front view`: azimuth [315°, 360°) ∪ [0°, 45°), elevation [0°, 40°)",
+                     "- `, overhead view`: azimuth [0°, 360°), elevation [40°, 50°]"):
+        assert expected in world, expected
+    # The geometry in words is the geometry the meshes are built from.
+    assert shape_geometry()["cube"] == f"axis-aligned box, side {C.CUBE_SIDE:.2f}"
+    assert np.allclose(np.ptp(contract_mesh("cube").vertices, axis=0), C.CUBE_SIDE)
