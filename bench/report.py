@@ -688,6 +688,11 @@ def _gpu_md(results: dict) -> list[str]:
     if rows:
         out += ["", "Overhead ratio on CUDA (timed with device syncs):", "",
                 _table(["U-Net", "params", "latents", "CFG forward", "SDS step", "ratio"], rows)]
+    pipeline = g.get("sd_pipeline_sd15_sized") or {}
+    if "seconds" in pipeline:
+        phases = ", ".join(f"{name} {value:.1f} s" for name, value in pipeline["phases"].items())
+        out += ["", f"`sd` preset, prompt → GLB on the SD-1.5-sized random prior (8× VAE), {pipeline['steps']} "
+                    f"steps: {pipeline['seconds']:.1f} s ({phases})."]
     return out + [""]
 
 

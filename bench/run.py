@@ -61,13 +61,15 @@ MODES = {
                   paint_cases=["house"], paint_seeds=[0], sketch_cases=["cube-as-house"], sketch_seeds=[0],
                   grids=[16, 32, 48, 64], grid_repeats=8, sds_repeats=10, sds_rounds=3,
                   steps_factors=[0.25, 0.5, 1.0],
-                  server=dict(rounds=1, steps=200, submits=10), gpu_prompts=QUICK_PROMPTS[:2]),
+                  server=dict(rounds=1, steps=200, submits=10), gpu_prompts=QUICK_PROMPTS[:2],
+                  sd_pipeline={"steps": 300}),
     "full": dict(prompts=FULL_PROMPTS, seeds=[0, 1, 2],
                  paint_cases=["sphere", "cube", "house", "timing"], paint_seeds=[0, 1, 2],
                  sketch_cases=None, sketch_seeds=[0, 1, 2],
                  grids=[16, 32, 48, 64], grid_repeats=30, sds_repeats=30, sds_rounds=5,
                  steps_factors=[0.25, 0.5, 1.0, 2.0],
-                 server=dict(rounds=6, steps=200, submits=50), gpu_prompts=QUICK_PROMPTS),
+                 server=dict(rounds=6, steps=200, submits=50), gpu_prompts=QUICK_PROMPTS,
+                 sd_pipeline={}),
 }
 # The paint timing case is one 12k-face job judged on time alone; repeating it per seed adds minutes
 # and no information.
@@ -454,26 +456,48 @@ def run_server(settings: dict, out_dir: Path) -> dict:
 # -------------------------------------------------------------------------------------------- gpu
 def sd15_sized_prior(device: str):
     """A random-weight prior whose U-Net is SD 1.5's (860 M parameters, 64x64 latents, 77 text
-    tokens of width 768); the text encoder and VAE are tiny because the SDS step never runs them."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    tokens of width 768) and whose VAE decodes 8x like SD's, into 512-px images; the text encoder and
+    VAE are tiny: the U-Net is what costs."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from engine.prior import Prior, PriorMetadata
-    from engine.testing import tiny_tokenizer
+    from engine.testing import tiny_tokenizer, tiny_vae
 
-    torch.manual_seed(0)
-    tokenizer = tiny_tokenizer(max_length=SD15_TOKENS)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=SD15_UNET["cross_attention_dim"], intermediate_size=256,
-        num_hidden_layers=1, num_attention_heads=12, max_position_embeddings=SD15_TOKENS,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        layers_per_block=1, norm_num_groups=4)
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG left as it was
+        torch.manual_seed(0)
+        tokenizer = tiny_tokenizer(max_length=SD15_TOKENS)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=SD15_UNET["cross_attention_dim"], intermediate_size=256,
+            num_hidden_layers=1, num_attention_heads=12, max_position_embeddings=SD15_TOKENS,
+            pad_token_id=0, bos_token_id=2, eos_token_id=3))
+        vae = tiny_vae(latent_size=64, vae_scale=8)
+        unet = UNet2DConditionModel(**SD15_UNET)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type="epsilon")
     metadata = PriorMetadata(name="sd15-sized-random", image_size=512, latent_size=64)
-    return Prior(UNet2DConditionModel(**SD15_UNET), vae, text_encoder, tokenizer, scheduler, metadata, device=device)
+    return Prior(unet, vae, text_encoder, tokenizer, scheduler, metadata, device=device)
+
+
+def sd_pipeline_times(prior, overrides: dict, out_dir: Path) -> dict:
+    """Prompt -> GLB with the ``sd`` preset: wall time and the pipeline's own per-phase times, for a
+    prior with Stable Diffusion's 64x64 latents.
+
+    Args:
+        prior: the prior (an SD-1.5-sized random one on the GPU bench).
+        overrides: dotted settings over the preset, e.g. {"steps": 300}; empty for the preset as is.
+        out_dir: where the GLB is written.
+    """
+    from engine.outputs import write_outputs
+    from engine.tasks import preset_config
+    from engine.tasks.generate import generate
+
+    config = preset_config("generate", "sd", overrides)
+    began = time.perf_counter()
+    result = generate(SCALING_PROMPT, prior, config)
+    write_outputs(result.mesh, out_dir / "sd_pipeline.glb")
+    return {"steps": config.steps, "seconds": time.perf_counter() - began,
+            "phases": {name: round(value, 3) for name, value in result.timings.items()}}
 
 
 def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) -> dict:
@@ -511,10 +535,13 @@ def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) 
     gc.collect()
     torch.cuda.empty_cache()
     try:
-        section["overhead_sd15_sized"] = overhead(sd15_sized_prior("cuda"), mode, [])
+        sd15 = sd15_sized_prior("cuda")
+        section["overhead_sd15_sized"] = overhead(sd15, mode, [])
+        section["sd_pipeline_sd15_sized"] = sd_pipeline_times(sd15, mode["sd_pipeline"], workdir)
     except Exception as exc:
-        log.exception("CUDA overhead on the SD-1.5-sized U-Net failed")
+        log.exception("CUDA runs on the SD-1.5-sized U-Net failed")
         section["overhead_sd15_sized"] = {"error": _error(exc)}
+    sd15 = None
     gc.collect()
     torch.cuda.empty_cache()
     return section

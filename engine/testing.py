@@ -35,7 +35,7 @@ def tiny_tokenizer(max_length: int = 12):
 def tiny_components(prediction_type: str = "epsilon", seed: int = 0, latent_size: int = 8, vae_scale: int = 2):
     """(unet, vae, text_encoder, tokenizer, scheduler): about 0.3M parameters in all.
     ``vae_scale``: how many image pixels a latent pixel covers (2, 4 or 8; Stable Diffusion's is 8)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     # The weights come from ``seed`` alone, and the caller's global RNG is left as it was.
@@ -51,14 +51,22 @@ def tiny_components(prediction_type: str = "epsilon", seed: int = 0, latent_size
             block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
             attention_head_dim=4, norm_num_groups=8)
-        blocks = 1 + {2: 1, 4: 2, 8: 3}[vae_scale]  # each block after the first halves the image
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * (blocks - 1) + (16,),
-            down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
-            layers_per_block=1, norm_num_groups=4, sample_size=latent_size * vae_scale)
+        vae = tiny_vae(latent_size, vae_scale)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type=prediction_type)
     return unet, vae, text_encoder, tokenizer, scheduler
+
+
+def tiny_vae(latent_size: int = 8, vae_scale: int = 2):
+    """A random ``AutoencoderKL`` with 4 latent channels whose decoder upsamples ``vae_scale`` times
+    (2, 4 or 8; Stable Diffusion's is 8), with the caller's RNG. A few thousand parameters."""
+    from diffusers import AutoencoderKL
+
+    blocks = 1 + {2: 1, 4: 2, 8: 3}[vae_scale]  # each block after the first halves the image
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * (blocks - 1) + (16,),
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+        layers_per_block=1, norm_num_groups=4, sample_size=latent_size * vae_scale)
 
 
 def tiny_metadata(latent_size: int = 8, vae_scale: int = 2) -> PriorMetadata:

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is not an installed package; plain `pytest` does not put the root first
     sys.path.insert(0, str(ROOT))
@@ -441,6 +443,24 @@ def test_grid_scaling_times_one_step_per_grid(tiny):
     rows = run.grid_scaling(tiny, [16, 24], 1, ["field.samples_per_ray=16"])
     assert [r["grid_resolution"] for r in rows] == [16, 24]
     assert all(r["step_ms"] > 0 and abs(r["steps_per_s"] * r["step_ms"] - 1000) < 1e-9 for r in rows)
+
+
+def test_the_sd15_sized_prior_decodes_its_64x64_latents_to_its_512_px_images(monkeypatch):
+    # The U-Net shrunk to test size; the VAE and metadata are what is checked.
+    monkeypatch.setattr(run, "SD15_UNET", {**run.SD15_UNET, "block_out_channels": (32, 32, 32, 32),
+                                           "layers_per_block": 1})
+    prior = run.sd15_sized_prior("cpu")
+    images = prior.decode(torch.zeros(1, 4, 64, 64))
+    assert prior.metadata.latent_size == 64 and images.shape[-1] == prior.metadata.image_size == 512
+
+
+def test_sd_pipeline_times_a_whole_sd_preset_run_by_phase(tiny, tmp_path):
+    # The sd preset's stages at SD's sizes are tested in test_generate; here the timing around them.
+    small = {"steps": 2, "field.grid_resolution": 16, "surface.mesh_resolution": 32, "colour.texture_size": 512,
+             "colour.view_azimuths": 2, "colour.view_rings": 1}
+    timing = run.sd_pipeline_times(tiny, small, tmp_path)
+    assert timing["steps"] == 2 and timing["seconds"] > 0 and (tmp_path / "sd_pipeline.glb").exists()
+    assert "optimise_s" in timing["phases"] and sum(timing["phases"].values()) <= timing["seconds"]
 
 
 def test_server_section_measures_a_real_server_and_keeps_its_json(tmp_path):
