@@ -5,3 +5,6 @@
 (``sds_step.py``, ``server_bench.py``, ``text_to_3d_quality.py``, ``paint_quality.py``,
 ``sketch_quality.py``) still run on their own as ``python bench/NAME.py``.
 """
+
+# Before anything here imports torch: its OpenMP threads must sleep when idle (engine.cpu_sharing).
+from engine import cpu_sharing  # noqa: F401, E402

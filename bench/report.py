@@ -51,6 +51,8 @@ TARGETS = [
     ("handles", "Handles right: a torus has exactly one handle, the others none", ">=", 1.0, "fraction"),
     ("time_per_prop", "Median time per prop, 2-core CPU", "<=", 45.0, "seconds"),
     ("overhead_ratio", "Overhead ratio (SDS step / U-Net CFG forward)", "<=", 1.3, "ratio"),
+    ("contention_pair", "Two engine processes side by side, the slower one ÷ alone", "<=", 1.5, "ratio"),
+    ("contention_busy", "A prop beside one busy thread ÷ alone", "<=", 1.8, "ratio"),
 ]
 GOALS = {key: goal for key, _, _, goal, _ in TARGETS}
 SERVER_SLOWDOWN_GOAL_PERCENT = 5.0  # bench/server_bench.py's goal under 100 status requests/s
@@ -184,8 +186,19 @@ def evaluate_targets(results: dict) -> list[dict]:
         "overhead_ratio": (overhead["ratio"] if overhead else None,
                            f"{overhead['sds_step_ms']:.1f} ms / {overhead['unet_cfg_forward_ms']:.1f} ms, "
                            f"bench/sds_step.py" if overhead else ""),
+        **_contention_values(results.get("contention")),
     }
     return [_target(key, label, op, goal, unit, *values.get(key, (None, ""))) for key, label, op, goal, unit in TARGETS]
+
+
+def _contention_values(contention: dict | None) -> dict:
+    if not contention:
+        return {}
+    how = f"{contention['preset']} preset, alone {contention['alone_s']:.1f} s, bench/contention.py"
+    pair = ", ".join(f"{t:.1f}" for t in contention["two_side_by_side_s"])
+    return {"contention_pair": (contention["two_side_by_side_ratio"], f"{pair} s; {how}"),
+            "contention_busy": (contention["beside_busy_thread_ratio"],
+                                f"{contention['beside_busy_thread_s']:.1f} s; {how}")}
 
 
 def evaluate_other_bars(results: dict) -> list[dict]:
@@ -650,6 +663,19 @@ def _server_md(results: dict) -> list[str]:
     return out
 
 
+def _contention_md(results: dict) -> list[str]:
+    c = results["contention"]
+    return [f"`bench/contention.py`: `python -m engine generate \"{c['prompt']}\" --seed {c['seed']} --preset "
+            f"{c['preset']}` as separate processes on {c['cpus']} CPUs, OpenMP wait policy: {c['wait_policy']}.", "",
+            _table(["case", "wall time", "÷ alone"], [
+                ["alone", f"{c['alone_s']:.1f} s", "1.00×"],
+                ["beside a busy single-thread loop", f"{c['beside_busy_thread_s']:.1f} s",
+                 f"{c['beside_busy_thread_ratio']:.2f}×"],
+                ["two side by side (each)", " / ".join(f"{t:.1f} s" for t in c["two_side_by_side_s"]),
+                 f"{c['two_side_by_side_ratio']:.2f}× (the slower)"],
+            ]), ""]
+
+
 def _slowdown_text(percent: float) -> str:
     goal = f"(goal ≤ {SERVER_SLOWDOWN_GOAL_PERCENT:g} %)"
     if percent < 0:  # faster with the load than without: the run-to-run noise is larger than the cost
@@ -740,6 +766,7 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     lines += _paint_sketch_md(results)
     lines += _section(results, "speed", "Speed", lambda: _speed_md(results, plots))
     lines += _section(results, "server", "Server", lambda: _server_md(results))
+    lines += _section(results, "contention", "Sharing a busy CPU", lambda: _contention_md(results))
     lines += _section(results, "gpu", "GPU", lambda: _gpu_md(results))
     lines += _machine_md(results)
     lines += ["## Reproduce", "", "From the repository root:", "",

@@ -23,6 +23,7 @@ Sections, each reusing the project's single-purpose benchmark where one exists:
 * speed -- per-asset and per-phase times from the quality runs, the SDS/U-Net overhead ratio
   (``bench/sds_step.py``), time per step against grid resolution and total time against step count;
 * server -- ``bench/server_bench.py`` (submit round trip, progress latency, 100 status requests/s);
+* contention -- ``bench/contention.py``: engine processes alone, beside a busy thread, two side by side;
 * gpu -- only where CUDA is available: the same speed figures on CUDA and an SD-1.5-sized random
   U-Net; otherwise the report says there was no GPU and gives no numbers.
 
@@ -62,14 +63,14 @@ MODES = {
                   grids=[16, 32, 48, 64], grid_repeats=8, sds_repeats=10, sds_rounds=3,
                   steps_factors=[0.25, 0.5, 1.0],
                   server=dict(rounds=1, steps=200, submits=10), gpu_prompts=QUICK_PROMPTS[:2],
-                  sd_pipeline={"steps": 300}),
+                  sd_pipeline={"steps": 300}, contention_preset="draft"),
     "full": dict(prompts=FULL_PROMPTS, seeds=[0, 1, 2],
                  paint_cases=["sphere", "cube", "house", "timing"], paint_seeds=[0, 1, 2],
                  sketch_cases=None, sketch_seeds=[0, 1, 2],
                  grids=[16, 32, 48, 64], grid_repeats=30, sds_repeats=30, sds_rounds=5,
                  steps_factors=[0.25, 0.5, 1.0, 2.0],
                  server=dict(rounds=6, steps=200, submits=50), gpu_prompts=QUICK_PROMPTS,
-                 sd_pipeline={}),
+                 sd_pipeline={}, contention_preset="standard"),
 }
 # The paint timing case is one 12k-face job judged on time alone; repeating it per seed adds minutes
 # and no information.
@@ -563,8 +564,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("--prompts", nargs="+", help="replace the mode's prompt set")
     dev.add_argument("--seeds", type=int, nargs="+", help="replace the mode's seeds")
     dev.add_argument("--steps", type=int, help="optimisation steps for every job instead of the defaults")
-    dev.add_argument("--skip", nargs="+", default=[], choices=["quality", "paint", "sketch", "speed", "server", "gpu"],
-                     help="sections to leave out")
+    dev.add_argument("--skip", nargs="+", default=[], help="sections to leave out",
+                     choices=["quality", "paint", "sketch", "speed", "server", "contention", "gpu"])
     args = parser.parse_args(argv)
     args.mode = args.mode or "quick"
     if args.threads < 1:
@@ -586,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print('matplotlib is missing: pip install -e ".[bench]"', file=sys.stderr)
         return 2
-    from . import report
+    from . import contention, report
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -669,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["speed"] = section("speed", speed)
     results["server"] = section("server", lambda: run_server(mode["server"], out_dir))
+    results["contention"] = section("contention", lambda: contention.measure(preset=mode["contention_preset"]))
     prior = None  # the GPU section loads its own copy; free this one's memory first
     gc.collect()
     results["gpu"] = section("gpu", lambda: run_gpu(args.model, mode, overrides, out_dir))

@@ -10,6 +10,8 @@ The Python API the server (and scripts) call::
     painted = paint(load_mesh("chair.obj"), "a red cube", prior)
 """
 
+# First: OpenMP reads its wait policy when torch loads it (engine.cpu_sharing).
+from . import cpu_sharing  # noqa: F401
 from .cameras import Camera, CameraConvention, orbit_camera
 from .export import TexturedMesh
 from .guidance import GuidanceConfig

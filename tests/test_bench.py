@@ -74,7 +74,8 @@ def synthetic_results() -> dict:
                     "load_average_end": [1.9, 1.0, 0.5]},
         "settings": {"prompts": [r["prompt"] for r in runs], "seeds": [0], "full_prompt_set_runs": 147,
                      "subset": True, "overrides": [], "non_standard": {}},
-        "sections": {name: {"seconds": 1.0} for name in ("quality", "paint", "sketch", "speed", "server", "gpu")},
+        "sections": {name: {"seconds": 1.0} for name in ("quality", "paint", "sketch", "speed", "server", "contention",
+                                                                 "gpu")},
         "quality": {"prompts": [r["prompt"] for r in runs], "seeds": [0], "runs": runs, **summarise_quality(runs)},
         "paint": {"cases": [{"case": "house", "seed": 0, "prompt": "a green house", "colour": "green",
                              "door_pixels_front": 35, "door_pixels_back": 0, "seconds": 20.0,
@@ -99,6 +100,9 @@ def synthetic_results() -> dict:
                    "progress_latency_ms": {"without_load": {"median": 0.5, "p95": 0.8},
                                            "with_status_load": {"median": 0.6, "p95": 0.9}},
                    "setup": {"model": "/tmp/x/tiny-prior", "steps": 200, "rounds": 1, "server_threads": 1}},
+        "contention": {"prompt": "a blue cube", "preset": "draft", "seed": 3, "wait_policy": "engine default",
+                       "cpus": 2, "alone_s": 10.0, "beside_busy_thread_s": 19.0, "two_side_by_side_s": [14.0, 15.0],
+                       "beside_busy_thread_ratio": 1.9, "two_side_by_side_ratio": 1.5},
         "gpu": {"available": False, "reason": "torch.cuda.is_available() is False"},
     }
     results["targets"] = report.evaluate_targets(results)
@@ -168,6 +172,7 @@ def test_report_has_the_targets_table_and_writes_the_plots(tmp_path):
     assert "| ≤ 45.0 s |" in text and "| = 100 % |" in text
     assert "No GPU was available" in text and "python -m bench --quick" in text
     assert "subset" in text  # quick mode must say its accuracy is on a subset
+    assert "## Sharing a busy CPU" in text and "| two side by side (each) | 14.0 s / 15.0 s |" in text
     for name in ("quality", "speed", "scaling"):
         path = tmp_path / report.PLOTS[name]
         assert written[name] == path and path.read_bytes()[:8] == PNG_MAGIC
@@ -181,6 +186,8 @@ def test_missing_and_failed_sections_are_reported_not_guessed(tmp_path):
     results["sections"]["quality"] = {"seconds": 1.0, "error": "RuntimeError: no prior"}
     results["speed"] = None
     results["sections"]["speed"] = {"skipped": True}
+    results["contention"] = None
+    results["sections"]["contention"] = {"skipped": True}
     results["targets"] = report.evaluate_targets(results)
     assert all(t["met"] is None for t in results["targets"])
     written = report.write_report(results, tmp_path)
@@ -437,6 +444,28 @@ def test_sketch_section_runs_a_case_through_sketch_quality(tiny, tmp_path):
     assert row["case"] == "cube-as-house" and row["seed"] == 2 and 0.0 <= row["iou"] <= 1.0
     assert (tmp_path / "sketch" / "cube-as-house_seed2.glb").exists()
     assert section["iou"]["n"] == 1 and section["passed"]["n"] == 1
+
+
+def test_contention_targets_judge_the_slower_of_the_pair_and_the_prop_beside_a_busy_thread():
+    targets = {t["key"]: t for t in synthetic_results()["targets"]}
+    assert targets["contention_pair"]["met"] and targets["contention_pair"]["value"] == 1.5
+    assert not targets["contention_busy"]["met"]  # 1.9x beside a busy thread misses 1.8x
+
+
+def test_contention_bench_times_real_engine_processes_in_each_case(monkeypatch):
+    from bench import contention
+
+    started = []
+
+    def fake_run_together(commands, env):
+        started.append((len(commands), env.get("OMP_WAIT_POLICY")))
+        assert all(c[1:4] == ["-m", "engine", "generate"] for c in commands)
+        return [2.0 * len(started)] * len(commands)
+
+    monkeypatch.setattr(contention, "_run_together", fake_run_together)
+    result = contention.measure(preset="draft", wait_policy="ACTIVE")
+    assert started == [(1, "ACTIVE"), (1, "ACTIVE"), (2, "ACTIVE")]
+    assert result["beside_busy_thread_ratio"] == 2.0 and result["two_side_by_side_ratio"] == 3.0
 
 
 def test_grid_scaling_times_one_step_per_grid(tiny):
