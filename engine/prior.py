@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,6 +35,10 @@ HOW_TO_OBTAIN = (
     "with network access with `huggingface-cli download <id>`); the embedded prior is rebuilt with "
     "`python -m primitive_world.train --seed 0 --out engine/priors/primitive-world`."
 )
+
+
+# (model_in (B, C, h, w), timesteps (B,), text (B, tokens, dim)) -> the U-Net's output (B, C, h, w), float32.
+UNetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class PriorError(RuntimeError):
@@ -187,9 +192,21 @@ class Prior:
         return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
 
     @torch.no_grad()
+    def unet_forward(self, model_in: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The U-Net's raw output as float32: the one network call every noise prediction makes, and
+        the one ``engine.batching`` gathers across jobs.
+
+        Args:
+            model_in: noisy latents (B, C, h, w) in the prior's dtype and on its device.
+            timesteps: one timestep per row (B,).
+            text: one text embedding per row (B, tokens, dim) in the prior's dtype.
+        """
+        return self.unet(model_in, timesteps, encoder_hidden_states=text).sample.float()
+
+    @torch.no_grad()
     def predict_noise(self, noisy_latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                       uncond: torch.Tensor, guidance_scale: float, negative: torch.Tensor | None = None,
-                      negative_weight: float = 0.0) -> torch.Tensor:
+                      negative_weight: float = 0.0, forward: UNetForward | None = None) -> torch.Tensor:
         """Classifier-free guided noise estimate, in epsilon form whatever the model predicts.
 
         Guidance form (Ho & Salimans, as in diffusers): eps = eps_u + s * (eps_c - eps_u).
@@ -198,13 +215,16 @@ class Prior:
         where perp keeps the part of d_n orthogonal to d_c. Only what the negative prompt says and
         the positive one does not is pushed away ("front view" from a back view: the door), not
         what they share (the object). All prompts run as one batch.
+
+        ``forward``: what runs the U-Net (``unet_forward``'s signature) when not this prior itself:
+        ``engine.batching`` passes one that shares a forward with other jobs.
         """
         batch = noisy_latents.shape[0]
         texts = [uncond, cond] + ([negative] if negative is not None and negative_weight > 0 else [])
         copies = len(texts)
         model_in = noisy_latents.repeat(copies, 1, 1, 1).to(self.dtype)
         timesteps = t.to(self.device).repeat(copies)
-        out = self.unet(model_in, timesteps, encoder_hidden_states=torch.cat(texts).to(self.dtype)).sample.float()
+        out = (forward or self.unet_forward)(model_in, timesteps, torch.cat(texts).to(self.dtype))
         if self.prediction_type == "v_prediction":
             alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
             out = alpha_bar.sqrt() * out + (1 - alpha_bar).sqrt() * model_in.float()

@@ -1,7 +1,7 @@
 """The server process: the ROUTER socket and its I/O loop, and the start-up that wires the parts together.
 
 The I/O thread is the only one that touches the ROUTER socket. It answers requests (through the
-RequestHandler) and forwards job events that the worker hands over through the EventChannel.
+RequestHandler) and forwards job events that the workers hand over through the EventChannel.
 """
 
 from __future__ import annotations
@@ -158,14 +158,15 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         stack.callback(store.close)
         for job_id in store.interrupt_unfinished(time.time()):
             log.info("job %s interrupted: the server stopped before it finished", job_id)
-        runner = load_runner(settings.model, settings.device, settings.threads)
+        runner = load_runner(settings.model, settings.device, settings.threads, settings.jobs)
         queue = JobQueue(settings.max_queued, settings.max_per_client)
         results = ResultStore(settings.results_dir)
         events = EventChannel()
         stack.callback(events.close)
-        worker = Worker(queue, store, results, runner, events)
-        worker.start()
-        stack.callback(_stop_worker, queue, worker)
+        workers = [Worker(queue, store, results, runner, events, number) for number in range(settings.jobs)]
+        for worker in workers:
+            worker.start()
+        stack.callback(_stop_workers, queue, workers)
         subscriptions = Subscriptions()
         handler = RequestHandler(queue=queue, store=store, results=results, runner=runner, events=events,
                                  sessions=Sessions(), subscriptions=subscriptions,
@@ -183,8 +184,10 @@ def _open_store(settings: Settings) -> JobStore:
         raise StartupError(f"cannot open the job table {settings.database}: {error}") from None
 
 
-def _stop_worker(queue: JobQueue, worker: Worker) -> None:
-    queue.close()
-    worker.join(WORKER_STOP_TIMEOUT_S)
-    if worker.is_alive():
-        log.warning("the running job did not stop within %.0f s; leaving it", WORKER_STOP_TIMEOUT_S)
+def _stop_workers(queue: JobQueue, workers: list[Worker]) -> None:
+    queue.close()  # asks every running job to stop
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    if any(worker.is_alive() for worker in workers):
+        log.warning("a running job did not stop within %.0f s; leaving it", WORKER_STOP_TIMEOUT_S)

@@ -23,6 +23,10 @@ PROG = "python -m server"
 DEFAULT_RESULTS_DIR = Path.home() / ".local" / "share" / "dreamsmith" / "results"
 TCP_ENDPOINT = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\d{1,5})")
 IPC_ENDPOINT = re.compile(r"ipc://.+")
+# Jobs run at once when --jobs is not given. A CPU is busy with one job already; on a GPU one job
+# leaves it mostly idle, and four share each step's U-Net forward (engine.batching).
+DEFAULT_JOBS = {"cpu": 1, "cuda": 4}
+MAX_JOBS = 64
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -56,6 +60,9 @@ def serve_parser() -> OneLineErrorParser:
     parser.add_argument("--max-message-mb", type=_positive, default=DEFAULT_MAX_MESSAGE_BYTES // 2**20,
                         help="largest request in MiB (default %(default)s)")
     parser.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
+    defaults = ", ".join(f"{jobs} on {device}" for device, jobs in DEFAULT_JOBS.items())
+    parser.add_argument("--jobs", type=_positive, help="jobs run at once, sharing one loaded prior and one U-Net "
+                        f"forward per step (default: {defaults})")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -100,10 +107,13 @@ def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                      f"(make them with: {PROG} keys --dir DIR --client NAME)")
     if args.keys is not None and (problem := check_keys_dir(args.keys)):
         parser.error(problem)
+    if args.jobs is not None and args.jobs > MAX_JOBS:
+        parser.error(f"--jobs must be at most {MAX_JOBS}, got {args.jobs}")
     return Settings(bind=args.bind, model=args.model, device=args.device,
                     results_dir=_check_writable(parser, args.results_dir), keys_dir=args.keys,
                     max_queued=args.max_queued, max_per_client=args.max_per_client,
-                    max_message_bytes=args.max_message_mb * 2**20, threads=args.threads)
+                    max_message_bytes=args.max_message_mb * 2**20, threads=args.threads,
+                    jobs=args.jobs or DEFAULT_JOBS[args.device])
 
 
 def run_keys(argv: list[str]) -> int:

@@ -1,15 +1,19 @@
-"""The engine behind the server: which job kinds it runs, job params -> engine inputs, and running one job."""
+"""The engine behind the server: which job kinds it runs, job params -> engine inputs, and running a job
+(several at once share the prior, their U-Net calls batched by engine.batching)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from engine import Camera, CancelToken, PriorError, load_prior
+from engine.batching import BatchedPrior, SharedForward
 from engine.meshes import MeshError, MeshInput, validate_mesh
 from engine.prompts import PromptError, check_words
 from engine.tasks import TASKS, Task
@@ -75,10 +79,20 @@ def input_mesh(arrays: dict[str, np.ndarray]) -> MeshInput:
 
 
 class EngineRunner:
+    """Runs jobs on one loaded prior; with ``jobs`` > 1, jobs running at the same time (one per worker
+    thread) share each step's U-Net forward.
+
+    Args:
+        prior: the loaded prior, or None for a runner that only prepares jobs (tests).
+        jobs: how many jobs the server runs at once.
+    """
+
     kinds = tuple(TASKS)
 
-    def __init__(self, prior):
+    def __init__(self, prior, jobs: int = 1):
         self.prior = prior
+        # One job alone gains nothing from the batcher, so it calls the prior directly.
+        self.shared = SharedForward(prior.unet_forward) if prior is not None and jobs > 1 else None
 
     def prepare(self, kind: str, params: dict, inputs: dict) -> PreparedJob:
         """Everything about a job that can be refused is refused here, before it is queued."""
@@ -109,14 +123,46 @@ class EngineRunner:
         task, prepared = TASKS[job.kind], job.prepared
         inputs = (prepared.mesh,) if task.takes_mesh else ()
         try:
-            result = task.run(*inputs, job.params["prompt"], self.prior, prepared.config, on_progress=on_progress,
-                              cancel=cancel, rig=prepared.rig)
+            with self.job_prior(job.id, cancel) as prior:
+                result = task.run(*inputs, job.params["prompt"], prior, prepared.config, on_progress=on_progress,
+                                  cancel=cancel, rig=prepared.rig)
         except MeshError as error:  # found only once the engine works on it, e.g. a sketch enclosing nothing
             raise refused_mesh(error) from None
         return JobOutput(result.mesh, result.preview)
 
+    @contextlib.contextmanager
+    def job_prior(self, job_id: str, cancel: CancelToken) -> Iterator:
+        """The prior one job runs on: its own lane of the shared forward, left when the job ends
+        however it ends, or the plain prior when jobs run one at a time.
 
-def load_runner(model: str | None, device: str, threads: int | None) -> EngineRunner:
+        Args:
+            job_id: the job, for the log.
+            cancel: the job's token; the shared forward stops waiting for a cancelled job.
+        """
+        if self.shared is None:
+            yield self.prior
+            return
+        lane = self.shared.join(cancel)
+        try:
+            with BatchedPrior(self.prior, lane) as prior:
+                yield prior
+        finally:
+            log.info("job %s: %d of its %d U-Net calls shared a forward with other jobs", job_id, lane.shared_calls,
+                     lane.calls)
+
+
+def load_runner(model: str | None, device: str, threads: int | None, jobs: int = 1) -> EngineRunner:
+    """Load the prior once for every job.
+
+    Args:
+        model: the prior's folder or cached Hugging Face id; None for the embedded prior.
+        device: "cpu" or "cuda".
+        threads: torch CPU threads; None leaves torch's choice.
+        jobs: how many jobs the server runs at once (see EngineRunner).
+
+    Raises:
+        StartupError: no CUDA GPU for ``device`` "cuda", or no usable prior.
+    """
     if device == "cuda" and not torch.cuda.is_available():
         raise StartupError("--device cuda was asked for, but this machine has no usable CUDA GPU")
     if threads:
@@ -125,5 +171,6 @@ def load_runner(model: str | None, device: str, threads: int | None) -> EngineRu
         prior = load_prior(model, device=device)
     except PriorError as error:
         raise StartupError(str(error)) from None
-    log.info("prior %s loaded on %s", prior.metadata.name, device)
-    return EngineRunner(prior)
+    log.info("prior %s loaded on %s; %d job%s at once%s", prior.metadata.name, device, jobs, "s" * (jobs > 1),
+             ", their U-Net calls batched" if jobs > 1 else "")
+    return EngineRunner(prior, jobs)

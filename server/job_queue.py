@@ -1,4 +1,4 @@
-"""The bounded FIFO of jobs waiting for the one worker, with a cap per client."""
+"""The bounded FIFO of jobs waiting for the workers (up to ``--jobs`` run at once), with a cap per client."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ class Job:
 
 
 class JobQueue:
-    """Shared by the I/O thread (put, cancel, look-ups) and the worker (take, finish)."""
+    """Shared by the I/O thread (put, cancel, look-ups) and the workers (take, finish)."""
 
     def __init__(self, max_queued: int, max_per_client: int):
         self.max_queued, self.max_per_client = max_queued, max_per_client
         self._changed = threading.Condition()
         self._pending: deque[Job] = deque()
-        self._running: Job | None = None
+        self._running: dict[str, Job] = {}  # job id -> job, in the order they started
         self._unfinished = Counter()  # client -> queued + running jobs
         self._closed = False
 
@@ -61,12 +61,13 @@ class JobQueue:
                 self._changed.wait()
             if self._closed:
                 return None
-            self._running = self._pending.popleft()
-            return self._running
+            job = self._pending.popleft()
+            self._running[job.id] = job
+            return job
 
     def finish(self, job: Job) -> None:
         with self._changed:
-            self._running = None
+            self._running.pop(job.id, None)
             self._release(job.client)
 
     def remove_pending(self, job_id: str) -> Job | None:
@@ -86,8 +87,9 @@ class JobQueue:
     def signal_running(self, job_id: str) -> bool:
         """Ask the running job to stop; the engine notices at its next step."""
         with self._changed:
-            if self._running is not None and self._running.id == job_id:
-                self._running.cancel.cancel()
+            running = self._running.get(job_id)
+            if running is not None:
+                running.cancel.cancel()
                 return True
         return False
 
@@ -97,25 +99,25 @@ class JobQueue:
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._changed:
-            running = self._running
-        return running is not None and running.id == job_id and running.cancel.cancelled
+            running = self._running.get(job_id)
+        return running is not None and running.cancel.cancelled
 
     def counts(self) -> tuple[int, int]:
         """(jobs waiting, jobs running)."""
         with self._changed:
-            return len(self._pending), int(self._running is not None)
+            return len(self._pending), len(self._running)
 
     def unfinished_of(self, client: str) -> list[dict]:
         with self._changed:
-            jobs = [{"job_id": self._running.id, "state": State.RUNNING, "position": None}] \
-                if self._running is not None and self._running.client == client else []
+            jobs = [{"job_id": job.id, "state": State.RUNNING, "position": None}
+                    for job in self._running.values() if job.client == client]
             return jobs + [{"job_id": job.id, "state": State.QUEUED, "position": i}
                            for i, job in enumerate(self._pending) if job.client == client]
 
     def close(self) -> None:
-        """Wake the worker so it stops, and ask the running job to stop."""
+        """Wake the workers so they stop, and ask the running jobs to stop."""
         with self._changed:
             self._closed = True
-            if self._running is not None:
-                self._running.cancel.cancel()
+            for job in self._running.values():
+                job.cancel.cancel()
             self._changed.notify_all()

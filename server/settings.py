@@ -21,6 +21,7 @@ class Settings:
     max_per_client: int
     max_message_bytes: int
     threads: int | None  # torch CPU threads; None: torch's default
+    jobs: int = 1  # jobs run at once, their U-Net calls batched (engine.batching)
 
     @property
     def database(self) -> Path:

@@ -1,4 +1,6 @@
-"""The one worker thread: runs queued jobs one at a time through the engine and records how each ended.
+"""The worker threads: each runs queued jobs one at a time through the engine and records how each
+ended. The server starts ``--jobs`` of them; the runner lets their jobs share one prior (and, when
+more than one runs, one batched U-Net forward per step: engine.batching).
 
 A job's result is committed to disk and to the job table before its `done` event is published, so a
 client told "done" can always fetch, even from a restarted server.
@@ -64,9 +66,17 @@ class ProgressReporter:
 
 
 class Worker(threading.Thread):
+    """One of the server's job slots: takes the next queued job whenever its last one has ended.
+
+    Args:
+        queue, store, results, runner, events: the server's parts, shared by every worker.
+        number: which slot, for the thread's name in logs.
+    """
+
     def __init__(self, queue: JobQueue, store: JobStore, results: ResultStore, runner: Runner,
-                 events: EventChannel):
-        super().__init__(name="dreamsmith-worker", daemon=True)  # an engine step must not block exit
+                 events: EventChannel, number: int = 0):
+        # daemon: an engine step must not block exit
+        super().__init__(name=f"dreamsmith-worker-{number}", daemon=True)
         self.queue, self.store, self.results, self.runner, self.events = queue, store, results, runner, events
 
     def run(self) -> None:

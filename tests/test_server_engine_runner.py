@@ -193,3 +193,18 @@ def test_the_protocol_refuses_exactly_what_the_engine_configs_refuse():
         assert prepared(kind, arrays, steps=protocol.MAX_STEPS).config.steps == protocol.MAX_STEPS
         with pytest.raises(ValueError, match="steps"):
             preset_config(kind, "draft", {"steps": protocol.MAX_STEPS + 1})
+
+
+def test_jobs_run_one_at_a_time_use_the_prior_itself_and_concurrent_ones_each_get_a_lane(tiny):
+    from engine.batching import BatchedPrior
+    from engine.progress import CancelToken
+
+    with EngineRunner(tiny).job_prior("a" * 32, CancelToken()) as prior:
+        assert prior is tiny
+    runner = EngineRunner(tiny, jobs=2)
+    with runner.job_prior("a" * 32, CancelToken()) as first, runner.job_prior("b" * 32, CancelToken()) as second:
+        assert isinstance(first, BatchedPrior) and first.lane is not second.lane
+        assert first.metadata is tiny.metadata and runner.shared.active_jobs == 2
+    with pytest.raises(RuntimeError, match="boom"), runner.job_prior("c" * 32, CancelToken()):
+        raise RuntimeError("boom")
+    assert runner.shared.active_jobs == 0  # a job leaves however it ends

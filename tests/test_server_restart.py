@@ -33,3 +33,25 @@ def test_results_survive_a_crash_and_unfinished_jobs_are_reported_interrupted(dr
             client.fetch(job_id)
         assert refused.value.code == Code.WORKER_CRASHED
     assert client.status()["jobs"] == []
+
+
+def test_with_jobs_2_two_jobs_run_at_once_share_forwards_and_both_results_survive_a_crash(dreamsmith_server_factory):
+    server = dreamsmith_server_factory(extra_args=("--jobs", "2"))
+    client = server.client(client_id="two-at-once")
+    jobs = [client.submit("a red cube", seed=1, **FAST_JOB), client.submit("a blue sphere", seed=2, **FAST_JOB)]
+    for job_id in jobs:
+        assert client.wait(job_id, timeout=300)["state"] == State.DONE
+    statuses = [client.status(job_id) for job_id in jobs]
+    assert max(s["started"] for s in statuses) < min(s["finished"] for s in statuses)  # both ran at once
+    shared = [int(line.split(" of its ")[0].rsplit(" ", 1)[1]) for line in server.log_tail(200).splitlines()
+              if "U-Net calls shared a forward" in line]
+    assert len(shared) == 2 and max(shared) > 0
+    before = [client.fetch(job_id) for job_id in jobs]
+
+    server.kill()
+    server.start()
+
+    for job_id, result in zip(jobs, before):
+        after = client.fetch(job_id)
+        assert after.glb == result.glb
+        np.testing.assert_array_equal(after.vertices, result.vertices)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import zmq
 
-from server.cli import main
+from server.cli import main, serve_parser, settings_from
 from server.client import Client, CurveKeys, ServerTimeout
 from server.keys import AUTHORIZED_DIR, CLIENTS_DIR, create_client_keys, create_server_keys
 from server.testing import free_port
@@ -28,12 +28,21 @@ def run_cli(capsys, *args):
     (["--max-queued", "0"], "must be a positive whole number"),
     (["--max-per-client", "many"], "must be a positive whole number"),
     (["--device", "tpu"], "invalid choice"),
+    (["--jobs", "0"], "must be a positive whole number"),
+    (["--jobs", "65"], "--jobs must be at most 64"),
     (["--keys", "{tmp}/no-keys"], "server.key_secret is missing"),
     (["--results-dir", "/proc/dreamsmith"], "cannot write the results directory"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(capsys, tmp_path, args, message):
     code, err = run_cli(capsys, "--results-dir", str(tmp_path), *[a.format(tmp=tmp_path) for a in args])
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("args, jobs", [([], 1), (["--device", "cuda"], 4), (["--device", "cuda", "--jobs", "2"], 2),
+                                        (["--jobs", "3"], 3)])
+def test_jobs_at_once_default_to_one_on_a_cpu_and_four_on_a_gpu(tmp_path, args, jobs):
+    parser = serve_parser()
+    assert settings_from(parser, parser.parse_args(["--results-dir", str(tmp_path), *args])).jobs == jobs
 
 
 def test_a_server_asked_to_listen_beyond_loopback_without_keys_refuses_to_start(tmp_path):

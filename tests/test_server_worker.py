@@ -1,6 +1,7 @@
 """The server's parts without sockets: queue, job table, result files and the worker with scripted runners."""
 
 import select
+import threading
 import time
 
 import numpy as np
@@ -61,7 +62,7 @@ def worker_setup(tmp_path):
     started = []
 
     def start(runner):
-        worker = Worker(queue, store, results, runner, events)
+        worker = Worker(queue, store, results, runner, events, number=len(started))
         worker.start()
         started.append(worker)
         return worker
@@ -83,14 +84,18 @@ def collect_events(events: EventChannel, terminal_count: int, timeout: float = 3
     return received
 
 
-def run_jobs(worker_setup, runner, count):
-    queue, store, results, events, start = worker_setup
+def queue_jobs(worker_setup, count):
+    queue, store, _, _, _ = worker_setup
     for number in range(count):
         job = new_job(number)
         store.insert(job.id, job.client, job.kind, job.params, job.created)
         queue.put(job)
-    start(runner)
-    return collect_events(events, count)
+
+
+def run_jobs(worker_setup, runner, count):
+    queue_jobs(worker_setup, count)
+    worker_setup[4](runner)
+    return collect_events(worker_setup[3], count)
 
 
 def final_states(received):
@@ -205,3 +210,49 @@ def test_results_are_stored_in_the_dtypes_the_result_message_carries(tmp_path):
     arrays = results.read("c" * 32)
     assert [arrays[name].dtype for name in ("vertices", "faces", "uvs")] == [np.float32, np.int32, np.float32]
     np.testing.assert_array_equal(arrays["faces"], mesh.faces)
+
+
+class MeetingRunner:
+    """Each job waits until every job and the test have met (so they all run at once), then runs until
+    released, stopping early when cancelled."""
+
+    kinds = ("generate",)
+
+    def __init__(self, jobs: int):
+        self.met = threading.Barrier(jobs + 1, timeout=20)
+        self.release = threading.Event()
+
+    def prepare(self, kind, params, inputs):
+        return None
+
+    def run(self, job, on_progress, cancel):
+        self.met.wait()
+        while not self.release.wait(0.01):
+            cancel.raise_if_cancelled()
+        return small_output()
+
+
+def test_two_workers_run_two_jobs_at_once_and_cancelling_one_leaves_the_other(worker_setup):
+    queue, store, results, events, start = worker_setup
+    runner = MeetingRunner(jobs=2)
+    queue_jobs(worker_setup, 2)
+    start(runner), start(runner)
+    runner.met.wait()  # both jobs are in the engine now
+    first, second = new_job(0).id, new_job(1).id
+    assert queue.counts() == (0, 2)
+    assert [(job["job_id"], job["state"]) for job in queue.unfinished_of("alice")] == [
+        (first, State.RUNNING), (second, State.RUNNING)]
+    assert queue.signal_running(first) and queue.cancel_requested(first) and not queue.cancel_requested(second)
+    received = collect_events(events, 1)
+    runner.release.set()
+    received += collect_events(events, 1)
+    states = [(m.job_id, m.header["state"]) for m in received if m.type == Msg.STATE]
+    assert states[:2] in ([(first, State.RUNNING), (second, State.RUNNING)],
+                          [(second, State.RUNNING), (first, State.RUNNING)])
+    assert states[2:] == [(first, State.CANCELLED), (second, State.DONE)]
+    assert store.get(second).state == State.DONE and results.read(second) is not None
+    assert store.get(first).state == State.CANCELLED and results.read(first) is None
+    deadline = time.monotonic() + 10  # each worker frees its slot just after publishing the job's end
+    while queue.counts() != (0, 0):
+        assert time.monotonic() < deadline, queue.counts()
+        time.sleep(0.01)
