@@ -704,7 +704,9 @@ def _gpu_md(results: dict) -> list[str]:
     if failed:
         out += ["", f"{len(failed)} CUDA generate run(s) failed: `{failed[0]['error']}`."]
     rows = []
-    for key, name in (("overhead_embedded", "embedded prior"), ("overhead_sd15_sized", "SD-1.5-sized random U-Net")):
+    for key, name in (("overhead_embedded", "embedded prior"),
+                      ("overhead_embedded_cuda_graphs", "embedded prior, CUDA graphs"),
+                      ("overhead_sd15_sized", "SD-1.5-sized random U-Net")):
         o = g.get(key) or {}
         if "ratio" in o:
             rows.append([name, f"{o['unet_parameters'] / 1e6:.0f} M", f"{o['latent_size']}²",
@@ -714,6 +716,13 @@ def _gpu_md(results: dict) -> list[str]:
     if rows:
         out += ["", "Overhead ratio on CUDA (timed with device syncs):", "",
                 _table(["U-Net", "params", "latents", "CFG forward", "SDS step", "ratio"], rows)]
+    concurrent = g.get("concurrent_jobs")
+    if isinstance(concurrent, list) and concurrent:
+        single = concurrent[0]["jobs_per_hour"]
+        out += ["", "Jobs side by side on one GPU, U-Net calls batched (embedded prior):", "",
+                _table(["jobs at once", "wall time", "jobs/hour", "÷ one job's rate"],
+                       [[c["jobs"], f"{c['seconds']:.1f} s", f"{c['jobs_per_hour']:.0f}",
+                         f"{c['jobs_per_hour'] / single:.2f}×"] for c in concurrent])]
     pipeline = g.get("sd_pipeline_sd15_sized") or {}
     if "seconds" in pipeline:
         phases = ", ".join(f"{name} {value:.1f} s" for name, value in pipeline["phases"].items())

@@ -501,6 +501,43 @@ def sd_pipeline_times(prior, overrides: dict, out_dir: Path) -> dict:
             "phases": {name: round(value, 3) for name, value in result.timings.items()}}
 
 
+def concurrent_jobs_rate(prior, jobs: int, overrides: list[str], prompt: str = SCALING_PROMPT) -> dict:
+    """Jobs per hour with ``jobs`` generate jobs running side by side on one prior, their U-Net calls
+    batched as the server's ``--jobs`` does (``engine.batching``); each job has its own seed.
+
+    Args:
+        prior: the shared prior.
+        jobs: how many jobs run at once.
+        overrides: "FIELD=VALUE" settings of every job.
+        prompt: what every job makes.
+    """
+    import threading
+
+    from engine.batching import BatchedPrior, SharedForward
+    from engine.tasks.generate import generate
+
+    shared = SharedForward(prior.unet_forward)
+    errors: list[BaseException] = []
+
+    def one_job(seed: int) -> None:
+        try:
+            with BatchedPrior(prior, shared.join()) as job_prior:
+                generate(prompt, job_prior, task_config("generate", seed, overrides))
+        except BaseException as exc:  # reported below; a thread must not die silently
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_job, args=(seed,)) for seed in range(jobs)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    return {"jobs": jobs, "seconds": seconds, "jobs_per_hour": 3600.0 * jobs / seconds}
+
+
 def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) -> dict:
     if not torch.cuda.is_available():
         return {"available": False,
@@ -532,6 +569,17 @@ def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) 
     except Exception as exc:
         log.exception("CUDA overhead on the embedded prior failed")
         section["overhead_embedded"] = {"error": _error(exc)}
+    try:
+        section["concurrent_jobs"] = [concurrent_jobs_rate(prior, jobs, overrides) for jobs in (1, 4, 8)]
+    except Exception as exc:
+        log.exception("CUDA concurrent jobs failed")
+        section["concurrent_jobs"] = {"error": _error(exc)}
+    try:
+        section["overhead_embedded_cuda_graphs"] = overhead(load_prior(model, device="cuda", cuda_graphs=True),
+                                                            mode, overrides)
+    except Exception as exc:
+        log.exception("CUDA overhead with CUDA graphs failed")
+        section["overhead_embedded_cuda_graphs"] = {"error": _error(exc)}
     prior = None  # an 860 M-parameter U-Net comes next
     gc.collect()
     torch.cuda.empty_cache()

@@ -60,7 +60,9 @@ class GuidanceConfig:
 class GuidanceStep:
     gradient: torch.Tensor  # d loss / d latents, same shape as the latents
     timestep: int
-    loss: float  # mean squared gradient, a rough progress signal (SDS has no meaningful loss value)
+    # Mean squared gradient, a rough progress signal (SDS has no meaningful loss value). A 0-dim tensor
+    # on the prior's device: reading it waits for the GPU, so the step loop reads it only when it reports.
+    loss: torch.Tensor
 
 
 class ScoreDistillation:
@@ -91,7 +93,7 @@ class ScoreDistillation:
         else:
             shape = (self.config.paas_samples,) + tuple(latents.shape[1:])
             gradient = self.sjc_gradient(latents, cond, uncond, t, self._noise(shape, generator), negative)
-        return GuidanceStep(gradient, int(t), float(gradient.pow(2).mean()))
+        return GuidanceStep(gradient, int(t), gradient.pow(2).mean().detach())
 
     def _guided_noise(self, noisy, t, cond, uncond, negative) -> torch.Tensor:
         """eps_hat for a batch of noisy copies of one view."""

@@ -103,11 +103,20 @@ class Prior:
     """A frozen latent diffusion model: U-Net, VAE, text encoder, tokenizer and noise schedule."""
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, metadata: PriorMetadata,
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None, cuda_graphs: bool = False):
         self.device = torch.device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.unet, self.vae, self.text_encoder = (
             _frozen(module, self.device, self.dtype) for module in (unet, vae, text_encoder))
+        if self.device.type == "cuda":
+            # cuDNN's fp16 convolutions run channels-last; NCHW weights cost a layout conversion per call.
+            self.unet = self.unet.to(memory_format=torch.channels_last)
+            if cuda_graphs:
+                from .cuda_graphs import GraphedUNet
+
+                self.unet = GraphedUNet(self.unet)
+        elif cuda_graphs:
+            raise PriorError("CUDA graphs need a CUDA device")
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.metadata = metadata
@@ -300,7 +309,7 @@ def read_metadata(path: Path, latent_size: int | None = None, image_size: int | 
 
 
 def load_prior(model: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> Prior:
+               dtype: torch.dtype | None = None, cuda_graphs: bool = False) -> Prior:
     """Load a prior from disk; nothing is downloaded.
 
     Args:
@@ -309,6 +318,8 @@ def load_prior(model: str | os.PathLike | None = None, device: str | torch.devic
             local Hugging Face cache, or None for the embedded Primitive World prior.
         device: where the networks run ("cpu" or "cuda").
         dtype: the networks' dtype; fp16 on CUDA and fp32 on the CPU when None.
+        cuda_graphs: replay the U-Net's forward from captured CUDA graphs (``engine.cuda_graphs``),
+            one per input shape; CUDA only.
 
     Raises:
         PriorError: no usable model at ``model`` (the message says how to get one).
@@ -343,4 +354,5 @@ def load_prior(model: str | os.PathLike | None = None, device: str | torch.devic
     metadata = read_metadata(path, latent_size, latent_size and latent_size * vae_factor)
     log.info("loaded prior %s from %s (%s, %s, %s)", metadata.name, path, device, dtype,
              scheduler.config.get("prediction_type", "epsilon"))
-    return Prior(unet, vae, text_encoder, tokenizer, scheduler, metadata, device=device, dtype=dtype)
+    return Prior(unet, vae, text_encoder, tokenizer, scheduler, metadata, device=device, dtype=dtype,
+                 cuda_graphs=cuda_graphs)

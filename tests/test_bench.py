@@ -492,6 +492,29 @@ def test_sd_pipeline_times_a_whole_sd_preset_run_by_phase(tiny, tmp_path):
     assert "optimise_s" in timing["phases"] and sum(timing["phases"].values()) <= timing["seconds"]
 
 
+def test_concurrent_jobs_run_side_by_side_through_one_batched_forward_and_give_a_rate(tiny):
+    rate = run.concurrent_jobs_rate(tiny, 2, SMALL_GENERATE)
+    assert rate["jobs"] == 2 and rate["seconds"] > 0
+    assert abs(rate["jobs_per_hour"] - 7200 / rate["seconds"]) < 1e-6
+
+
+def test_gpu_report_shows_the_cuda_graphs_overhead_the_concurrent_jobs_and_the_sd_pipeline():
+    results = synthetic_results()
+    overhead = {"unet_parameters": 4e6, "latent_size": 16, "unet_cfg_forward_ms": 14.0, "sds_step_ms": 23.0,
+                "ratio": 1.64}
+    results["gpu"] = {
+        "available": True, "device_name": "H200", "cuda": "13.0", "overhead_embedded": overhead,
+        "overhead_embedded_cuda_graphs": {**overhead, "unet_cfg_forward_ms": 2.0, "sds_step_ms": 9.0, "ratio": 4.5},
+        "concurrent_jobs": [{"jobs": 1, "seconds": 10.0, "jobs_per_hour": 360.0},
+                            {"jobs": 4, "seconds": 12.0, "jobs_per_hour": 1200.0}],
+        "sd_pipeline_sd15_sized": {"steps": 300, "seconds": 50.0, "phases": {"optimise_s": 30.0, "colour_s": 15.0}},
+    }
+    text = "\n".join(report._gpu_md(results))
+    assert "| embedded prior, CUDA graphs | 4 M | 16² | 2.00 ms | 9.00 ms | 4.500 |" in text
+    assert "| 4 | 12.0 s | 1200 | 3.33× |" in text
+    assert "300 steps: 50.0 s (optimise_s 30.0 s, colour_s 15.0 s)" in text
+
+
 def test_server_section_measures_a_real_server_and_keeps_its_json(tmp_path):
     figures = run.run_server({"rounds": 1, "steps": 20, "submits": 2}, tmp_path)
     assert figures["submit_to_accepted_ms"]["n"] == 2 and figures["submit_to_accepted_ms"]["idle_median"] > 0

@@ -1,13 +1,17 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 import trimesh
 
-from engine import Cancelled, generate, write_outputs
+from engine import Cancelled, CancelToken, generate, write_outputs
 from engine.colour import DecodedView, backproject
 from engine.export import bake_texture, texel_surface_points
 from engine.guidance import ScoreDistillation
 from engine.raster import render_textured
 from engine.tasks import preset_config
+from engine.tasks.common import run_steps
 from engine.testing import cancel_when
 
 
@@ -67,6 +71,22 @@ def test_the_last_steps_score_at_low_noise_only(tiny, monkeypatch):
     generate("a red cube", tiny, small_config({"steps": 20}))
     late = [t for progress, t in drawn if progress > 0.9]
     assert late and max(late) <= 0.35 * tiny.num_train_timesteps
+
+
+def test_on_a_gpu_the_loss_is_read_only_with_a_preview_so_steps_do_not_wait_for_the_device(tiny):
+    class DeviceLoss:  # stands for a 0-dim CUDA tensor: float() is a host sync
+        device = SimpleNamespace(type="cuda")
+        reads = 0
+
+        def __float__(self):
+            DeviceLoss.reads += 1
+            return 1.0
+
+    latents = torch.zeros(4, tiny.metadata.latent_size, tiny.metadata.latent_size)
+    events = []
+    run_steps(lambda index: (latents, DeviceLoss()), 40, tiny, events.append, CancelToken(), preview_every=10)
+    assert DeviceLoss.reads == 5  # steps 1, 11, 21, 31 and the last
+    assert [e.step for e in events if e.loss is not None] == [e.step for e in events if e.preview is not None]
 
 
 def test_empty_prompt_is_refused(tiny):

@@ -55,15 +55,16 @@ def latent_preview(prior: Prior, latents: torch.Tensor) -> np.ndarray:
     return (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-# One optimisation step: (the step's rendered latents (C, h, w), its loss).
-StepFn = Callable[[int], tuple[torch.Tensor, float]]
+# One optimisation step: (the step's rendered latents (C, h, w), its loss as a 0-dim tensor).
+StepFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
 
 def run_steps(step: StepFn, steps: int, prior: Prior, on_progress: ProgressCallback | None,
               cancel: CancelToken, preview_every: int = 0) -> None:
     """Run ``step(0) ... step(steps - 1)``, checking ``cancel`` before each and reporting each to
     ``on_progress`` as phase "optimise", with a decoded preview every ``preview_every`` steps
-    (0: about ``PREVIEWS_PER_RUN`` per run) and after the last."""
+    (0: about ``PREVIEWS_PER_RUN`` per run) and after the last. On a GPU the loss is read (a host
+    sync that stalls the launch queue) only with a preview; on the CPU every step."""
     preview_every = preview_every or max(1, steps // PREVIEWS_PER_RUN)
     for index in range(steps):
         cancel.raise_if_cancelled()
@@ -71,7 +72,8 @@ def run_steps(step: StepFn, steps: int, prior: Prior, on_progress: ProgressCallb
         if on_progress is not None:
             last = index == steps - 1
             preview = latent_preview(prior, latents) if last or index % preview_every == 0 else None
-            on_progress(Progress("optimise", index + 1, steps, loss, preview))
+            reported = float(loss) if preview is not None or loss.device.type == "cpu" else None
+            on_progress(Progress("optimise", index + 1, steps, reported, preview))
 
 
 def encoded_colour(prior: Prior, rgb: Sequence[float]) -> torch.Tensor:

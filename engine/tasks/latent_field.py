@@ -120,7 +120,7 @@ class FieldOptimisation:
             loss = loss + self.extra_loss(self.field, progress)
         return loss
 
-    def step(self, step: int) -> tuple[torch.Tensor, float]:
+    def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration; returns the rendered latents (C, h, w) and the score's loss."""
         config, size, grid = self.config, self.prior.metadata.latent_size, self.config.field
         progress = step / max(config.steps - 1, 1)
@@ -183,7 +183,7 @@ def textured_mesh(run: FieldOptimisation, on_progress: ProgressCallback | None, 
                   timings: dict[str, float]) -> GenerateResult:
     """The optimised field -> colour views -> surface -> xatlas UVs -> baked texture.
     ``timings`` gains ``colour_s`` and ``mesh_s``."""
-    config, prior, final_loss = run.config, run.prior, run.final_loss
+    config, prior, final_loss = run.config, run.prior, float(run.final_loss)
     started = time.perf_counter()
     views = colour_views(run, cancel)
     timings["colour_s"] = time.perf_counter() - started

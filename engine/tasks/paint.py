@@ -242,7 +242,7 @@ class LatentPaint:
             fitter.step()
         log.info("latent texture fitted to %d plain renders: mse %.4f", len(chosen), float(loss.detach()))
 
-    def step(self, step: int) -> tuple[torch.Tensor, float]:
+    def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         progress = step / max(self.config.steps - 1, 1)
         fragments = self.views[self.views.index(step, self.generator)]
         latents = render_latent(self.texture, fragments, self.background)[None]
@@ -328,7 +328,7 @@ def colour_stage(run: LatentPaint, on_progress: ProgressCallback | None,
     prior, layout, config = run.prior, run.layout, run.config.colour
     # The rig as optimised: moved into the frame, then to the prior's camera distance.
     cameras = colour_cameras(prior, config.view_azimuths, run.views.rig)
-    progress = ColourProgress(len(cameras), run.final_loss, on_progress, cancel)
+    progress = ColourProgress(len(cameras), float(run.final_loss), on_progress, cancel)
     views = run.decode_views(cameras, on_batch=progress)
     lighting = prior.metadata.lighting if config.delight else None
     tolerance = _depth_tolerance(cameras, prior.metadata.image_size)
@@ -340,7 +340,7 @@ def colour_stage(run: LatentPaint, on_progress: ProgressCallback | None,
                              shading=lighting, ssaa=2)
     preview = np.round(rgb * 255).astype(np.uint8)
     if on_progress is not None:
-        on_progress(Progress("colour", progress.total, progress.total, run.final_loss, preview))
+        on_progress(Progress("colour", progress.total, progress.total, progress.final_loss, preview))
     return texture, colour_error, preview
 
 
@@ -391,4 +391,4 @@ def paint(mesh: MeshInput, prompt: str, prior: Prior, config: PaintConfig | None
                        layout.uvs.astype(np.float32), texture)
     log.info("painted %r: %d vertices, %d faces, colour error %.3f, %s", prompt, len(out.vertices),
              len(out.faces), colour_error, {k: round(v, 2) for k, v in timings.items()})
-    return PaintResult(out, preview, timings, colour_error, run.final_loss, layout.source_vertex)
+    return PaintResult(out, preview, timings, colour_error, float(run.final_loss), layout.source_vertex)
