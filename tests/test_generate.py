@@ -8,7 +8,6 @@ import trimesh
 from engine import Cancelled, CancelToken, generate, write_outputs
 from engine.colour import DecodedView, backproject
 from engine.export import bake_texture, texel_surface_points
-from engine.guidance import ScoreDistillation
 from engine.raster import render_textured
 from engine.tasks import preset_config
 from engine.tasks.common import run_steps
@@ -55,22 +54,6 @@ def test_progress_reports_every_step_with_previews_and_cancel_stops_within_a_ste
     with pytest.raises(Cancelled):
         generate("a red cube", tiny, small_config({"steps": 50}), on_progress=cancel_at_three, cancel=token)
     assert [event.step for event in seen] == [1, 2, 3]
-
-
-def test_the_last_steps_score_at_low_noise_only(tiny, monkeypatch):
-    """Text-to-3D anneals the top of the t-range: late draws at high noise would re-orient the shape."""
-    drawn = []
-    sample = ScoreDistillation.sample_timestep
-
-    def recording(self, progress, generator):
-        timestep = sample(self, progress, generator)
-        drawn.append((progress, int(timestep)))
-        return timestep
-
-    monkeypatch.setattr(ScoreDistillation, "sample_timestep", recording)
-    generate("a red cube", tiny, small_config({"steps": 20}))
-    late = [t for progress, t in drawn if progress > 0.9]
-    assert late and max(late) <= 0.35 * tiny.num_train_timesteps
 
 
 def test_on_a_gpu_the_loss_is_read_only_with_a_preview_so_steps_do_not_wait_for_the_device(tiny):

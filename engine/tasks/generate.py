@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..cameras import Camera
-from ..guidance import GuidanceConfig
 from ..prior import Prior
 from ..progress import CancelToken, ProgressCallback
 from .common import cancel_token, check_prompt, seeded_generator
@@ -20,10 +19,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GenerateConfig(FieldTaskConfig):
     """Text-to-3D's settings: the field task's groups with their defaults (the "standard" preset)."""
-
-    # The top of the t-range anneals to 0.3: late steps at low noise sharpen the shape the field
-    # already has, where draws from high noise re-orient it every step (a cube's views average to a drum).
-    guidance: GuidanceConfig = GuidanceConfig(t_max_final=0.3)
 
 
 PRESETS = FIELD_PRESETS
