@@ -30,6 +30,7 @@ MAX_FILL_SOURCES = 20_000
 # A white object's lit faces come within 0.1 of a white background, yet the VAE's background noise
 # stays under 0.01 away from the object: faint pixels count as object when they touch clear ones.
 FAINT_FOREGROUND = 0.3
+SQUARE = np.ones((3, 3), dtype=bool)  # pixel neighbourhoods: diagonal neighbours count, bilinear taps reach them
 
 
 @dataclass(frozen=True)
@@ -112,16 +113,27 @@ def silhouette_mask(view: DecodedView, threshold: float, grow: int = 0) -> np.nd
     """The object's whole outline in a view: ``foreground_mask``'s pixels and, connected to them,
     pixels that differ from the background by more than ``FAINT_FOREGROUND`` of ``threshold``
     (hysteresis), such as a white object's lit faces on a white background; grown like
-    ``foreground_mask``. The surface follows these; colour comes from the clearer pixels only."""
+    ``foreground_mask``. Faint pixels beside the background around the object are left out: they
+    are the VAE's halo, which would widen every outline by a pixel. The surface follows these
+    masks; colour comes from the clearer pixels only."""
     difference = _difference_from_border(view)
-    return _grown(apply_hysteresis_threshold(difference, FAINT_FOREGROUND * threshold, threshold), grow)
+    faint = FAINT_FOREGROUND * threshold
+    mask = apply_hysteresis_threshold(difference, faint, threshold)
+    mask &= (difference > threshold) | ~binary_dilation(_around_the_object(difference <= faint), SQUARE)
+    return _grown(mask, grow)
+
+
+def _around_the_object(background: np.ndarray) -> np.ndarray:
+    """The ``background`` pixels connected to the image's border (not a hole inside the object)."""
+    labels, _ = ndimage.label(background)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
 
 
 def _grown(mask: np.ndarray, grow: int) -> np.ndarray:
-    square = np.ones((3, 3), dtype=bool)  # diagonal neighbours count: bilinear taps reach them
     if grow > 0:
-        return binary_dilation(mask, square, iterations=grow)
-    return binary_erosion(mask, square, iterations=-grow) if grow < 0 else mask
+        return binary_dilation(mask, SQUARE, iterations=grow)
+    return binary_erosion(mask, SQUARE, iterations=-grow) if grow < 0 else mask
 
 
 def inside_colours(view: DecodedView, edge_px: int) -> DecodedView:

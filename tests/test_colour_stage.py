@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from scipy.ndimage import binary_erosion
+from scipy.ndimage import binary_dilation, binary_erosion
 
 from engine import generate
 from engine.cameras import CameraConvention, ViewSampler, fit_rig, orbit_camera
@@ -32,7 +32,6 @@ def sphere_views(radius: float, azimuths=range(0, 360, 45), elevation=20.0, rim_
         camera = orbit_camera(azimuth, elevation, 2.2, 40.0)
         mask = render_silhouette(sphere.vertices, sphere.faces, camera, 64, 64) > 0.5
         if rim_pixels:
-            from scipy.ndimage import binary_erosion
             mask = binary_erosion(mask, iterations=rim_pixels)
         image = np.where(mask[..., None], RED, WHITE)
         views.append(DecodedView(camera, image, mask.astype(float)))
@@ -53,6 +52,8 @@ def test_the_silhouette_keeps_faint_pixels_that_touch_the_object_and_drops_faint
     rim = obj & ~binary_erosion(obj, iterations=2)
     image = np.where(obj[..., None], 0.96, 1.0) - np.where(rim[..., None], 0.26, 0.0)
     image[4:6, 4:6] = 0.96  # a faint speck far from the object: the VAE's background noise
+    halo = binary_dilation(obj) & ~obj
+    image[halo] = 0.96  # and the VAE's faint halo around the object's outline
     white_on_white = DecodedView(view.camera, np.repeat(image, 3, axis=-1), view.opacity)
     assert np.array_equal(silhouette_mask(white_on_white, 0.1), obj)
     assert np.array_equal(foreground_mask(white_on_white, 0.1), rim)  # colour only from clear pixels
