@@ -676,6 +676,54 @@ def _contention_md(results: dict) -> list[str]:
             ]), ""]
 
 
+def _ray_md(results: dict) -> list[str]:
+    r = results["ray"]
+    if not r.get("available"):
+        return [f"_Not measured: {r.get('reason', 'Ray is not available')}._", ""]
+    setup = r.get("setup", {})
+    model = "the embedded prior" if Path(str(setup.get("model"))).name == "primitive-world" else _server_model(setup)
+    out = [f"`bench/ray_bench.py`: one server per row on {model}, {setup.get('threads_per_job')} "
+           "torch thread(s) per job; each Ray row on a local Ray with one CPU per actor.", ""]
+    front = r.get("front") or {}
+    if front:
+        backends = [name for name in ("local", "ray") if name in front]
+
+        def cells(pick) -> list[str]:
+            return [pick(front[name]) for name in backends]
+
+        out += ["The front's overhead (`bench/server_bench.py` against the same servers):", "",
+                _table(["measure", *backends], [
+                    ["submit → accepted, idle (median)",
+                     *cells(lambda f: f"{f['submit_to_accepted_ms']['idle_median']:.2f} ms")],
+                    ["submit → accepted, a job running (median)",
+                     *cells(lambda f: f"{f['submit_to_accepted_ms']['busy_median']:.2f} ms")],
+                    ["progress event latency, median / p95",
+                     *cells(lambda f: f"{f['progress_latency_ms']['without_load']['median']:.2f} / "
+                                      f"{f['progress_latency_ms']['without_load']['p95']:.2f} ms")],
+                ]), ""]
+    rows = r.get("throughput") or []
+    if rows:
+        out += [f"Throughput: {setup.get('jobs')} `{setup.get('preset')}` jobs submitted at once; per job, by the "
+                "server's clocks: running → the engine's first step (dispatch), its last step → done (result "
+                "back, written, recorded); and the server process's CPU time per job (on Ray the front's whole "
+                "share; on the local backend it includes the engine):", "",
+                _table(["backend", "actors", "wall", "jobs/hour", "job (median)", "dispatch", "hand-back",
+                        "server CPU per job"],
+                       [[row["backend"], row["actors"], f"{row['wall_s']:.1f} s", f"{row['jobs_per_hour']:.0f}",
+                         f"{row['median_seconds']:.2f} s", f"{row['median_dispatch_s'] * 1000:.0f} ms",
+                         f"{row['median_hand_back_s'] * 1000:.0f} ms", _cpu_cell(row.get("server_cpu_s_per_job"))]
+                        for row in rows]), ""]
+    cost = r.get("ray_cost_per_job")
+    if cost:
+        out += [f"One Ray actor adds {cost['added_s'] * 1000:.0f} ms to a {cost['job_s']:.1f} s job "
+                f"({cost['share_of_job'] * 100:.1f} %) against the local backend.", ""]
+    return out
+
+
+def _cpu_cell(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
 def _slowdown_text(percent: float) -> str:
     goal = f"(goal ≤ {SERVER_SLOWDOWN_GOAL_PERCENT:g} %)"
     if percent < 0:  # faster with the load than without: the run-to-run noise is larger than the cost
@@ -776,6 +824,7 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     lines += _section(results, "speed", "Speed", lambda: _speed_md(results, plots))
     lines += _section(results, "server", "Server", lambda: _server_md(results))
     lines += _section(results, "contention", "Sharing a busy CPU", lambda: _contention_md(results))
+    lines += _section(results, "ray", "Ray backend", lambda: _ray_md(results))
     lines += _section(results, "gpu", "GPU", lambda: _gpu_md(results))
     lines += _machine_md(results)
     lines += ["## Reproduce", "", "From the repository root:", "",

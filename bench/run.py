@@ -24,6 +24,8 @@ Sections, each reusing the project's single-purpose benchmark where one exists:
   (``bench/sds_step.py``), time per step against grid resolution and total time against step count;
 * server -- ``bench/server_bench.py`` (submit round trip, progress latency, 100 status requests/s);
 * contention -- ``bench/contention.py``: engine processes alone, beside a busy thread, two side by side;
+* ray -- ``bench/ray_bench.py``: the front's overhead on the Ray backend against the local one, and
+  jobs/hour with 1 and 2 local actors on the draft preset; skipped, with the reason, without Ray;
 * gpu -- only where CUDA is available: the same speed figures on CUDA and an SD-1.5-sized random
   U-Net; otherwise the report says there was no GPU and gives no numbers.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -63,14 +66,16 @@ MODES = {
                   grids=[16, 32, 48, 64], grid_repeats=8, sds_repeats=10, sds_rounds=3,
                   steps_factors=[0.25, 0.5, 1.0],
                   server=dict(rounds=1, steps=200, submits=10), gpu_prompts=QUICK_PROMPTS[:2],
-                  sd_pipeline={"steps": 300}, contention_preset="draft"),
+                  sd_pipeline={"steps": 300}, contention_preset="draft",
+                  ray=dict(jobs=2, actors=(1, 2), preset="draft", rounds=1, steps=50, submits=10)),
     "full": dict(prompts=FULL_PROMPTS, seeds=[0, 1, 2],
                  paint_cases=["sphere", "cube", "house", "timing"], paint_seeds=[0, 1, 2],
                  sketch_cases=None, sketch_seeds=[0, 1, 2],
                  grids=[16, 32, 48, 64], grid_repeats=30, sds_repeats=30, sds_rounds=5,
                  steps_factors=[0.25, 0.5, 1.0, 2.0],
                  server=dict(rounds=6, steps=200, submits=50), gpu_prompts=QUICK_PROMPTS,
-                 sd_pipeline={}, contention_preset="standard"),
+                 sd_pipeline={}, contention_preset="standard",
+                 ray=dict(jobs=6, actors=(1, 2), preset="draft", rounds=3, steps=200, submits=50)),
 }
 # The paint timing case is one 12k-face job judged on time alone; repeating it per seed adds minutes
 # and no information.
@@ -454,6 +459,19 @@ def run_server(settings: dict, out_dir: Path) -> dict:
     return figures
 
 
+# -------------------------------------------------------------------------------------------- ray
+def run_ray(settings: dict, out_dir: Path) -> dict:
+    """bench/ray_bench.py's figures with the mode's ``settings``, also written to ``out_dir/ray_bench.json``;
+    without Ray installed, why there are none."""
+    if importlib.util.find_spec("ray") is None:
+        return {"available": False, "reason": 'Ray is not installed here (pip install -e ".[ray]")'}
+    from . import ray_bench
+
+    figures = ray_bench.measure(**settings)
+    (out_dir / "ray_bench.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return {"available": True, **figures}
+
+
 # -------------------------------------------------------------------------------------------- gpu
 def sd15_sized_prior(device: str):
     """A random-weight prior whose U-Net is SD 1.5's (860 M parameters, 64x64 latents, 77 text
@@ -613,7 +631,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("--seeds", type=int, nargs="+", help="replace the mode's seeds")
     dev.add_argument("--steps", type=int, help="optimisation steps for every job instead of the defaults")
     dev.add_argument("--skip", nargs="+", default=[], help="sections to leave out",
-                     choices=["quality", "paint", "sketch", "speed", "server", "contention", "gpu"])
+                     choices=["quality", "paint", "sketch", "speed", "server", "contention", "ray", "gpu"])
     args = parser.parse_args(argv)
     args.mode = args.mode or "quick"
     if args.threads < 1:
@@ -719,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     results["speed"] = section("speed", speed)
     results["server"] = section("server", lambda: run_server(mode["server"], out_dir))
     results["contention"] = section("contention", lambda: contention.measure(preset=mode["contention_preset"]))
+    results["ray"] = section("ray", lambda: run_ray(mode["ray"], out_dir))
     prior = None  # the GPU section loads its own copy; free this one's memory first
     gc.collect()
     results["gpu"] = section("gpu", lambda: run_gpu(args.model, mode, overrides, out_dir))

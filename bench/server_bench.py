@@ -6,9 +6,10 @@
   second from another client, as a ratio (goal: at most 5 % slower).
 
 Usage: python bench/server_bench.py [--model PATH] [--rounds 6] [--steps 200] [--submits 50] [--threads 1]
-       [--json out/server_bench.json]
+       [--backend local|ray] [--json out/server_bench.json]
 Without --model, the tiny random test prior is used: its steps are short, so any cost the server adds
-shows up at its largest.
+shows up at its largest. ``--backend ray`` takes the same figures with the job in a Ray actor (one, on
+a local Ray): what the front adds on that backend.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from server.protocol import Msg, State
 from server.testing import FAST_JOB, LONG_JOB, ServerProcess
 
 STATUS_RATE_HZ = 100
+# The server's flags per backend: the Ray one runs its job in one actor of a local Ray.
+BACKEND_ARGS = {"local": [], "ray": ["--backend", "ray", "--jobs", "1"]}
 
 
 def submit_round_trips_ms(client: Client, count: int) -> list[float]:
@@ -121,15 +124,17 @@ def latency_summary(samples_ms: list[float]) -> dict:
             "max": round(ordered[-1], 3), "n": len(ordered)}
 
 
-def measure(rounds: int = 6, steps: int = 200, submits: int = 50, threads: int = 1, model: str | None = None) -> dict:
+def measure(rounds: int = 6, steps: int = 200, submits: int = 50, threads: int = 1, model: str | None = None,
+            backend: str = "local") -> dict:
     """Start a server on a free loopback port, take every figure against it, stop it.
 
     Args:
         rounds: throughput runs per condition (without and with the status load).
         steps: optimisation steps of the fixed job.
         submits: submits per round-trip median.
-        threads: the server's torch threads.
+        threads: the server's torch threads (each Ray actor's, on the Ray backend).
         model: prior folder; None for the tiny random test prior (written to a temporary folder).
+        backend: "local" (jobs in the server process) or "ray" (in one actor of a local Ray).
     """
     with tempfile.TemporaryDirectory(prefix="dreamsmith-bench-") as folder:
         folder = Path(folder)
@@ -138,21 +143,33 @@ def measure(rounds: int = 6, steps: int = 200, submits: int = 50, threads: int =
 
             model = str(save_tiny_prior(folder / "tiny-prior"))
         server = ServerProcess(model, folder / "results", folder / "server.log",
-                               ["--threads", str(threads), "--max-per-client", "1000"])
+                               ["--threads", str(threads), "--max-per-client", "1000", *BACKEND_ARGS[backend]])
         server.start()
         try:
-            client = server.client(client_id="bench", timeout=60)
-            idle = submit_round_trips_ms(client, submits)
-            busy = busy_submit_round_trips_ms(client, submits)
-            return {
-                "submit_to_accepted_ms": {"idle_median": round(statistics.median(idle), 3),
-                                          "busy_median": round(statistics.median(busy), 3), "n": submits},
-                **throughput_rounds(client, server.address, steps, rounds),
-                "setup": {"model": model, "steps": steps, "rounds": rounds, "server_threads": threads,
-                          "machine": platform.platform(), "python": platform.python_version()},
-            }
+            return {**measure_server(server, rounds, steps, submits),
+                    "setup": {"model": model, "steps": steps, "rounds": rounds, "server_threads": threads,
+                              "backend": backend, "machine": platform.platform(),
+                              "python": platform.python_version()}}
         finally:
             server.stop()
+
+
+def measure_server(server: ServerProcess, rounds: int, steps: int, submits: int) -> dict:
+    """Every figure of ``measure`` against a server already started (with ``--max-per-client`` of at
+    least 2).
+
+    Args:
+        server: the server under test.
+        rounds, steps, submits: as ``measure`` takes them.
+    """
+    client = server.client(client_id="bench", timeout=60)
+    idle = submit_round_trips_ms(client, submits)
+    busy = busy_submit_round_trips_ms(client, submits)
+    return {
+        "submit_to_accepted_ms": {"idle_median": round(statistics.median(idle), 3),
+                                  "busy_median": round(statistics.median(busy), 3), "n": submits},
+        **throughput_rounds(client, server.address, steps, rounds),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,10 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="optimisation steps of the fixed job")
     parser.add_argument("--submits", type=int, default=50, help="submits per round-trip median")
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
+    parser.add_argument("--backend", choices=sorted(BACKEND_ARGS), default="local",
+                        help="where the server runs its jobs (ray: one actor of a local Ray)")
     parser.add_argument("--json", type=Path, default=Path("out/server_bench.json"))
     args = parser.parse_args(argv)
 
-    figures = measure(args.rounds, args.steps, args.submits, args.threads, args.model)
+    figures = measure(args.rounds, args.steps, args.submits, args.threads, args.model, args.backend)
     print(json.dumps(figures, indent=2))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -26,7 +26,7 @@ from .protocol import MAX_FRAMES, Code, Msg, ProtocolError, decode, peek_request
 from .results import ResultStore
 from .settings import Settings, StartupError
 from .store import JobStore
-from .worker import Worker
+from .worker import Runner, Worker
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,12 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         stack.callback(store.close)
         for job_id in store.interrupt_unfinished(time.time()):
             log.info("job %s interrupted: the server stopped before it finished", job_id)
-        runner = load_runner(settings.model, settings.device, settings.threads, settings.jobs)
+        runner, jobs = start_runner(settings, stack)
         queue = JobQueue(settings.max_queued, settings.max_per_client)
         results = ResultStore(settings.results_dir)
         events = EventChannel()
         stack.callback(events.close)
-        workers = [Worker(queue, store, results, runner, events, number) for number in range(settings.jobs)]
+        workers = [Worker(queue, store, results, runner, events, number) for number in range(jobs)]
         for worker in workers:
             worker.start()
         stack.callback(_stop_workers, queue, workers)
@@ -175,6 +175,23 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         log.info("serving on %s (%s)", settings.bind, "CurveZMQ" if curve else "unencrypted, local only")
         Server(socket, handler, events, subscriptions, settings.max_message_bytes, curve).serve(stop)
         log.info("stopping")
+
+
+def start_runner(settings: Settings, stack: contextlib.ExitStack) -> tuple[Runner, int]:
+    """The backend jobs run on, and how many jobs it runs at once (one worker thread each).
+
+    Args:
+        settings: the server's settings; ``backend`` picks in-process or Ray.
+        stack: the server's clean-up stack; the Ray backend leaves its cluster there, so it is left
+            after the workers have stopped.
+    """
+    if settings.backend == "ray":
+        from .ray_backend import start_ray_runner  # Ray is imported only when it is asked for
+
+        runner = start_ray_runner(settings)
+        stack.callback(runner.close)
+        return runner, runner.actors
+    return load_runner(settings.model, settings.device, settings.threads, settings.jobs), settings.jobs
 
 
 def _open_store(settings: Settings) -> JobStore:

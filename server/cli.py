@@ -6,6 +6,7 @@ Flags are checked before anything heavy is imported, so a bad one costs a second
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 import re
@@ -27,6 +28,10 @@ IPC_ENDPOINT = re.compile(r"ipc://.+")
 # leaves it mostly idle, and four share each step's U-Net forward (engine.batching).
 DEFAULT_JOBS = {"cpu": 1, "cuda": 4}
 MAX_JOBS = 64
+BACKENDS = ("local", "ray")
+# What `ray start --head` prints for others to join (HOST:PORT), a Ray Client URL, or "auto" (the
+# cluster this machine is part of).
+RAY_ADDRESS = re.compile(r"auto|(ray://)?(\[[0-9A-Fa-f:.]+\]|[^:/\[\]\s]+):\d{1,5}")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -59,10 +64,17 @@ def serve_parser() -> OneLineErrorParser:
                         help="unfinished jobs per client (default 4)")
     parser.add_argument("--max-message-mb", type=_positive, default=DEFAULT_MAX_MESSAGE_BYTES // 2**20,
                         help="largest request in MiB (default %(default)s)")
-    parser.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive, help="torch CPU threads, in each Ray actor too (default: "
+                        "torch's choice)")
     defaults = ", ".join(f"{jobs} on {device}" for device, jobs in DEFAULT_JOBS.items())
     parser.add_argument("--jobs", type=_positive, help="jobs run at once, sharing one loaded prior and one U-Net "
-                        f"forward per step (default: {defaults})")
+                        f"forward per step (default: {defaults}); with --backend ray, the number of Ray actors "
+                        "(default: 1 on cpu, one per GPU of the cluster on cuda)")
+    parser.add_argument("--backend", default="local", choices=BACKENDS,
+                        help="where jobs run: in this process (local, the default) or in Ray actors, one loaded "
+                        "prior each (ray; needs pip install -e '.[ray]')")
+    parser.add_argument("--ray-address", help="with --backend ray: the cluster to join (HOST:PORT of its head, as "
+                        "`ray start --head` prints it, or auto); default: start a local Ray on this machine")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -109,11 +121,30 @@ def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(problem)
     if args.jobs is not None and args.jobs > MAX_JOBS:
         parser.error(f"--jobs must be at most {MAX_JOBS}, got {args.jobs}")
+    _check_backend(parser, args)
     return Settings(bind=args.bind, model=args.model, device=args.device,
                     results_dir=_check_writable(parser, args.results_dir), keys_dir=args.keys,
                     max_queued=args.max_queued, max_per_client=args.max_per_client,
                     max_message_bytes=args.max_message_mb * 2**20, threads=args.threads,
-                    jobs=args.jobs or DEFAULT_JOBS[args.device])
+                    jobs=args.jobs or _default_jobs(args), backend=args.backend, ray_address=args.ray_address)
+
+
+def _check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.ray_address is not None and args.backend != "ray":
+        parser.error("--ray-address needs --backend ray")
+    if args.ray_address is not None and not RAY_ADDRESS.fullmatch(args.ray_address):
+        parser.error(f"--ray-address must look like HOST:PORT (as `ray start --head` prints it) or auto, "
+                     f"got {args.ray_address!r}")
+    if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+        parser.error("--backend ray needs Ray, which is not installed: pip install -e '.[ray]'")
+
+
+def _default_jobs(args: argparse.Namespace) -> int | None:
+    """Jobs at once when --jobs is not given. On Ray with CUDA the cluster decides (one actor per
+    GPU), which only its start-up can tell; on Ray without CUDA, one actor."""
+    if args.backend == "ray":
+        return None if args.device == "cuda" else 1
+    return DEFAULT_JOBS[args.device]
 
 
 def run_keys(argv: list[str]) -> int:

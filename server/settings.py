@@ -21,7 +21,11 @@ class Settings:
     max_per_client: int
     max_message_bytes: int
     threads: int | None  # torch CPU threads; None: torch's default
-    jobs: int = 1  # jobs run at once, their U-Net calls batched (engine.batching)
+    # Jobs run at once: in this process, their U-Net calls batched (engine.batching); on the Ray
+    # backend, one actor each. None (Ray backend only): one actor per GPU of the cluster.
+    jobs: int | None = 1
+    backend: str = "local"  # "local": jobs run in this process; "ray": in Ray actors (server.ray_backend)
+    ray_address: str | None = None  # the Ray cluster to join; None: start a local one
 
     @property
     def database(self) -> Path:

@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -32,14 +33,56 @@ OUT_OF_MEMORY = (MemoryError, torch.cuda.OutOfMemoryError)
 
 
 class Runner(Protocol):
+    """Where jobs run: in this process (server.engine_runner) or in Ray actors (server.ray_backend)."""
+
     kinds: tuple[str, ...]
 
     def prepare(self, kind: str, params: dict, inputs: dict) -> object:
         """What the job becomes (kept as ``Job.prepared``); raises ProtocolError to refuse it. A
         ``warnings`` attribute on it, when there is one, goes to the client as warning events."""
 
-    def run(self, job: Job, on_progress: Callable[[Progress], None], cancel) -> JobOutput:
-        """Raises ProtocolError when the job's input turns out unusable while it runs."""
+    def run(self, job: Job, on_progress: Callable[..., None], cancel) -> JobOutput:
+        """Runs the job to its output. ``on_progress(progress, reported_at=None)`` takes each engine
+        Progress, with the Unix time the engine reported it when that was elsewhere. Raises what the
+        engine raised (see job_end), ProtocolError when the job's input turns out unusable while it
+        runs, or JobEnded for a job that ended elsewhere and already knows how."""
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job that gave no result ends: its final state and the error map its client gets."""
+
+    state: str
+    code: str
+    message: str
+    field: str | None = None
+
+
+class JobEnded(Exception):
+    """Raised by a runner whose job ended out of this process (a Ray actor), carrying how it ended."""
+
+    def __init__(self, end: JobEnd):
+        super().__init__(end.message)
+        self.end = end
+
+
+def job_end(error: BaseException) -> JobEnd:
+    """How a job whose run raised ``error`` ends; the same rule wherever the engine ran.
+
+    Args:
+        error: what the runner (or the engine inside it) raised.
+    """
+    if isinstance(error, JobEnded):
+        return error.end
+    if isinstance(error, Cancelled):
+        return JobEnd(State.CANCELLED, Code.CANCELLED, "cancelled by its client")
+    if isinstance(error, ProtocolError):  # the runner found the job's input unusable only once it ran
+        return JobEnd(State.FAILED, error.code, error.message, error.field)
+    if isinstance(error, OUT_OF_MEMORY):
+        _release_memory()
+        return JobEnd(State.FAILED, Code.OUT_OF_MEMORY, f"the job ran out of memory ({type(error).__name__}); "
+                      "try a smaller preset, grid or texture")
+    return JobEnd(State.FAILED, Code.WORKER_CRASHED, f"the engine failed: {type(error).__name__}: {error}")
 
 
 class ProgressReporter:
@@ -51,7 +94,12 @@ class ProgressReporter:
         self._last_call = self._phase_started
         self._last_preview = -math.inf
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress: Progress, reported_at: float | None = None) -> None:
+        """Args:
+            progress: the engine's report of one step.
+            reported_at: Unix time the engine made it, when that was in another process (a Ray
+                actor); None: now.
+        """
         now = time.monotonic()
         if progress.phase != self._phase:
             self._phase, self._phase_started = progress.phase, self._last_call
@@ -59,7 +107,8 @@ class ProgressReporter:
         per_step = (now - self._phase_started) / max(progress.step, 1)
         loss = float(progress.loss) if progress.loss is not None and math.isfinite(progress.loss) else None
         self.events.publish(progress_event(self.job_id, progress.phase, progress.step, progress.total, loss,
-                                           per_step * max(progress.total - progress.step, 0), time.time()))
+                                           per_step * max(progress.total - progress.step, 0),
+                                           time.time() if reported_at is None else reported_at))
         if progress.preview is not None and now - self._last_preview >= PREVIEW_INTERVAL_S:
             self._last_preview = now
             self.events.publish(preview_event(self.job_id, progress.step, encode_png(progress.preview)))
@@ -99,19 +148,11 @@ class Worker(threading.Thread):
             output = self.runner.run(job, ProgressReporter(job.id, self.events), job.cancel)
             if job.cancel.cancelled:  # asked to stop during a stage the engine cannot interrupt
                 raise Cancelled("cancelled by its client")
-        except Cancelled:
-            return self._finish(job, State.CANCELLED, Code.CANCELLED, "cancelled by its client")
-        except ProtocolError as error:  # the runner found the job's input unusable only once it ran
-            return self._finish(job, State.FAILED, error.code, error.message, error.field)
-        except OUT_OF_MEMORY as error:
-            _release_memory()
-            return self._finish(job, State.FAILED, Code.OUT_OF_MEMORY,
-                                f"the job ran out of memory ({type(error).__name__}); try a smaller preset, "
-                                "grid or texture")
         except Exception as error:
-            log.exception("job %s: the engine failed", job.id)
-            return self._finish(job, State.FAILED, Code.WORKER_CRASHED,
-                                f"the engine failed: {type(error).__name__}: {error}")
+            end = job_end(error)
+            if end.code == Code.WORKER_CRASHED and not isinstance(error, JobEnded):
+                log.exception("job %s: the engine failed", job.id)
+            return self._finish(job, end.state, end.code, end.message, end.field)
         try:
             self.results.commit(job.id, output)
         except Exception as error:  # a full disk, or a mesh the GLB writer refuses

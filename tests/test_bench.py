@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +196,55 @@ def test_missing_and_failed_sections_are_reported_not_guessed(tmp_path):
     assert text.count("not measured") >= 5
     assert "RuntimeError: no prior" in text and "--skip speed" in text
     assert "quality" not in written and not (tmp_path / report.PLOTS["quality"]).exists()
+
+
+def _front(idle_ms, busy_ms, latency_ms):
+    return {"submit_to_accepted_ms": {"idle_median": idle_ms, "busy_median": busy_ms, "n": 10},
+            "progress_latency_ms": {"without_load": {"median": latency_ms, "p95": 2 * latency_ms},
+                                    "with_status_load": {"median": latency_ms, "p95": 2 * latency_ms}}}
+
+
+def _batch(backend, actors, wall_s, dispatch_s, hand_back_s, server_cpu_s=0.12):
+    return {"backend": backend, "actors": actors, "jobs": 4, "wall_s": wall_s, "jobs_per_hour": 4 / wall_s * 3600,
+            "median_seconds": 9.5, "median_dispatch_s": dispatch_s, "median_hand_back_s": hand_back_s,
+            "server_cpu_s_per_job": server_cpu_s}
+
+
+def test_ray_section_reports_the_fronts_overhead_per_backend_the_jobs_per_hour_and_the_cost_per_job(tmp_path):
+    results = copy.deepcopy(synthetic_results())
+    results["sections"]["ray"] = {"seconds": 1.0}
+    results["ray"] = {
+        "available": True, "front": {"local": _front(0.8, 0.9, 0.5), "ray": _front(0.9, 1.1, 2.5)},
+        "throughput": [_batch("local", 1, 40.0, 0.30, 0.05, None), _batch("ray", 1, 41.0, 0.33, 0.07),
+                       _batch("ray", 2, 24.0, 0.40, 0.08)],
+        "ray_cost_per_job": {"added_s": 0.05, "job_s": 9.5, "share_of_job": 0.00526},
+        "setup": {"jobs": 4, "preset": "draft", "model": "/x/engine/priors/primitive-world", "threads_per_job": 1}}
+    text = report.write_report(results, tmp_path)["report"].read_text()
+    ray = text[text.index("## Ray backend"):text.index("## GPU")]
+    assert "on the embedded prior, 1 torch thread(s) per job" in ray
+    assert "| measure | local | ray |" in ray and "| progress event latency, median / p95 | 0.50 / 1.00 ms | " \
+                                                  "2.50 / 5.00 ms |" in ray
+    assert "| ray | 2 | 24.0 s | 600 | 9.50 s | 400 ms | 80 ms | 120 ms |" in ray
+    assert "| local | 1 | 40.0 s | 360 | 9.50 s | 300 ms | 50 ms | – |" in ray
+    assert "One Ray actor adds 50 ms to a 9.5 s job (0.5 %) against the local backend." in ray
+
+
+def test_ray_section_without_ray_installed_says_why_and_gives_no_numbers(tmp_path):
+    results = copy.deepcopy(synthetic_results())
+    results["sections"]["ray"] = {"seconds": 0.0}
+    results["ray"] = {"available": False, "reason": 'Ray is not installed here (pip install -e ".[ray]")'}
+    text = report.write_report(results, tmp_path)["report"].read_text()
+    assert '## Ray backend\n\n_Not measured: Ray is not installed here (pip install -e ".[ray]")._' in text
+
+
+def test_ray_bench_rows_give_jobs_per_hour_and_what_one_actor_adds_to_each_job():
+    from bench import ray_bench
+
+    timings = ray_bench.job_timings({"started": 100.0, "finished": 110.0}, [100.25, 105.0, 109.9])
+    assert timings == {"seconds": 10.0, "dispatch_s": 0.25, "hand_back_s": pytest.approx(0.1)}
+    cost = ray_bench.ray_cost_per_job([_batch("local", 1, 40.0, 0.30, 0.05), _batch("ray", 1, 41.0, 0.33, 0.07)])
+    assert cost == {"added_s": 0.05, "job_s": 9.5, "share_of_job": pytest.approx(0.00526, abs=1e-5)}
+    assert ray_bench.ray_cost_per_job([_batch("ray", 2, 24.0, 0.40, 0.08)]) is None
 
 
 def test_fidelity_summary_gives_each_shapes_medians_the_overall_medians_and_the_shares_within_target():
@@ -658,6 +708,6 @@ def test_server_bench_cli_passes_its_arguments_to_measure_and_writes_the_json(mo
     calls = []
     monkeypatch.setattr(server_bench, "measure", lambda *args: calls.append(args) or {"slowdown_percent": 1.5})
     server_bench.main(["--rounds", "2", "--steps", "30", "--submits", "4", "--json", str(tmp_path / "s.json")])
-    assert calls == [(2, 30, 4, 1, None)]
+    assert calls == [(2, 30, 4, 1, None, "local")]
     assert json.loads(capsys.readouterr().out) == {"slowdown_percent": 1.5}
     assert json.loads((tmp_path / "s.json").read_text()) == {"slowdown_percent": 1.5}

@@ -65,6 +65,11 @@ def test_the_readme_test_command_makes_the_blender_environment_before_pytest_run
     assert "bpy" not in command.replace("scripts.blender_venv", "")
 
 
+def test_the_readme_test_command_installs_the_ray_extra_so_ci_runs_the_ray_backend_tests():
+    assert [requirement.name for requirement in main_requirements()["ray"]] == ["ray"]
+    assert re.search(r'pip install -e "\.\[[^\]]*\bray\b[^\]]*\]"', readme_test_command())
+
+
 @pytest.mark.skipif(blender_venv.find_bpy_python() is None,
                     reason="the bpy module exists for Python 3.11 only, and there is none here")
 def test_making_the_blender_environment_again_leaves_this_one_alone_and_keeps_bpy_apart():

@@ -15,7 +15,7 @@ from server.job_queue import Job, JobQueue
 from server.protocol import Code, Msg, ProtocolError, State, decode
 from server.results import JobOutput, ResultStore
 from server.store import JobStore
-from server.worker import PREVIEW_INTERVAL_S, Worker
+from server.worker import PREVIEW_INTERVAL_S, JobEnd, JobEnded, Worker
 
 
 def small_output() -> JobOutput:
@@ -143,6 +143,29 @@ def test_progress_goes_out_every_step_and_previews_at_a_limited_rate(worker_setu
     previews = [m for m in received if m.type == Msg.PREVIEW]
     assert 1 <= len(previews) <= 1 + int(progress[-1]["time"] - progress[0]["time"]) // PREVIEW_INTERVAL_S
     assert bytes(previews[0].arrays["image_png"][:4]) == b"\x89PNG"
+
+
+def test_a_job_that_ended_elsewhere_is_recorded_as_it_ended_there(worker_setup):
+    died = JobEnd(State.FAILED, Code.WORKER_CRASHED, "the Ray worker running this job died (killed)")
+    stopped = JobEnd(State.CANCELLED, Code.CANCELLED, "cancelled by its client")
+    received = run_jobs(worker_setup, ScriptedRunner(raising(JobEnded(died)), raising(JobEnded(stopped)),
+                                                     succeeding), 3)
+    ids = [new_job(n).id for n in range(3)]
+    assert final_states(received) == [(ids[0], State.FAILED, Code.WORKER_CRASHED),
+                                      (ids[1], State.CANCELLED, Code.CANCELLED), (ids[2], State.DONE, None)]
+    assert worker_setup[1].get(ids[0]).error == {"code": Code.WORKER_CRASHED, "field": None,
+                                                 "message": "the Ray worker running this job died (killed)"}
+
+
+def test_progress_reported_elsewhere_carries_the_time_the_engine_reported_it(worker_setup):
+    def remote(job, on_progress):
+        on_progress(Progress("optimise", 1, 2, 0.5), 1234.5)
+        on_progress(Progress("optimise", 2, 2, 0.5))
+        return small_output()
+
+    received = run_jobs(worker_setup, ScriptedRunner(remote), 1)
+    times = [m.header["time"] for m in received if m.type == Msg.PROGRESS]
+    assert times[0] == 1234.5 and abs(times[1] - time.time()) < 60
 
 
 def test_the_queue_is_fifo_and_bounded_in_total_and_per_client():
