@@ -829,7 +829,7 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     lines += _machine_md(results)
     lines += ["## Reproduce", "", "From the repository root:", "",
               '    pip install -e ".[bench]"', f"    {results.get('command')}", "",
-              "`--quick` runs a fixed subset in under 5 minutes on a 2-core CPU; "
+              "`--quick` runs a fixed subset in about 10 minutes on a 2-core CPU; "
               "`--full` runs all 49 prompts × 3 seeds "
               "and every issue-#6 case (about an hour). `--out DIR` picks the folder, `--threads N` the torch threads. "
               "Wall times depend on what else the machine is doing; the load average is recorded above.", ""]

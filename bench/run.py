@@ -2,7 +2,7 @@
 
 Run from the repository root (``pip install -e ".[bench]"`` first, for matplotlib)::
 
-    python -m bench --quick                 # a fixed subset; under 5 minutes on a 2-core CPU
+    python -m bench --quick                 # a fixed subset; about 10 minutes on a 2-core CPU
     python -m bench --full                  # all 49 colour x shape prompts x 3 seeds; about an hour
     python -m bench --quick --out DIR --threads 2
 
@@ -620,7 +620,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--quick", action="store_const", dest="mode", const="quick",
-                       help="a fixed subset, under 5 minutes on a 2-core CPU (the default)")
+                       help="a fixed subset, about 10 minutes on a 2-core CPU (the default)")
     which.add_argument("--full", action="store_const", dest="mode", const="full",
                        help="all 49 prompts x 3 seeds and every issue-#6 case; about an hour")
     parser.add_argument("--out", type=Path, help="output folder (default: out/bench/MODE)")
