@@ -2,10 +2,11 @@
 working), and two engine processes side by side, each as its own ``python -m engine generate``.
 
 Usage: python -m bench.contention [--preset standard] [--prompt "a blue cube"] [--seed 3]
-       [--wait-policy PASSIVE|ACTIVE]
+       [--wait-policy PASSIVE|ACTIVE] [--threads N]
 
-Prints JSON: each case's wall times and their ratios to the time alone. ``--wait-policy ACTIVE``
-measures what the engine did before it set OpenMP's policy itself (engine.cpu_sharing).
+Prints JSON: each case's wall times and their ratios to the time alone. ``--wait-policy ACTIVE
+--threads 2`` measures what the engine did on 2 cores before it chose OpenMP's settings itself
+(engine.cpu_sharing).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from engine.cpu_sharing import available_cores, default_threads
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def _run_together(commands: list[list[str]], env: dict) -> list[float]:
 
 
 def measure(prompt: str = "a blue cube", preset: str = "standard", seed: int = 3,
-            wait_policy: str | None = None) -> dict:
+            wait_policy: str | None = None, threads: int | None = None) -> dict:
     """Wall times of the three cases and their ratios to the time alone.
 
     Args:
@@ -56,11 +59,13 @@ def measure(prompt: str = "a blue cube", preset: str = "standard", seed: int = 3
         preset: its quality preset.
         seed: its seed.
         wait_policy: ``OMP_WAIT_POLICY`` for the engine processes; None leaves the engine's own choice.
+        threads: their ``OMP_NUM_THREADS``; None leaves the engine's own choice.
     """
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory() as folder:
         first, second = (_engine_command(prompt, preset, seed, Path(folder) / f"prop{i}.glb") for i in (1, 2))
         alone = _run_together([first], env)[0]
@@ -75,7 +80,7 @@ def measure(prompt: str = "a blue cube", preset: str = "standard", seed: int = 3
         pair = _run_together([first, second], env)
         log.info("two side by side: %.1f s, %.1f s", *pair)
     return {"prompt": prompt, "preset": preset, "seed": seed, "wait_policy": wait_policy or "engine default",
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "threads": threads or default_threads(), "cpus": available_cores(),
             "alone_s": alone, "beside_busy_thread_s": beside_busy, "two_side_by_side_s": pair,
             "beside_busy_thread_ratio": beside_busy / alone, "two_side_by_side_ratio": max(pair) / alone}
 
@@ -86,9 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--wait-policy", choices=["PASSIVE", "ACTIVE"], help="override the engine's OpenMP policy")
+    parser.add_argument("--threads", type=int, help="override the engine's torch thread count")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    result = measure(args.prompt, args.preset, args.seed, args.wait_policy)
+    result = measure(args.prompt, args.preset, args.seed, args.wait_policy, args.threads)
     print(json.dumps(result, indent=2))
     return result
 

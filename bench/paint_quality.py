@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from engine import load_prior, orbit_camera, write_outputs
 from engine.cli import config_or_exit
+from engine.cpu_sharing import default_threads
 from engine.meshes import MeshInput
 from engine.raster import render_textured
 from engine.tasks import preset_config
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--model", help="prior folder (default: the embedded prior)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
     parser.add_argument("--workdir", default="out/quality/paint")
     parser.add_argument("--out", default=None, help="JSON file (default: WORKDIR/paint_quality.json)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",

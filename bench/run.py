@@ -4,7 +4,7 @@ Run from the repository root (``pip install -e ".[bench]"`` first, for matplotli
 
     python -m bench --quick                 # a fixed subset; about 10 minutes on a 2-core CPU
     python -m bench --full                  # all 49 colour x shape prompts x 3 seeds; about an hour
-    python -m bench --quick --out DIR --threads 2
+    python -m bench --quick --out DIR [--threads N]
 
 It writes ``DIR/results.json`` (every number, the machine and the settings), ``DIR/REPORT.md``
 with its PNG plots, and the assets it judged (default DIR: ``out/bench/quick`` or ``out/bench/full``).
@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from engine.cpu_sharing import default_threads
 from primitive_world import contract
 
 log = logging.getLogger("bench")
@@ -624,7 +625,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     which.add_argument("--full", action="store_const", dest="mode", const="full",
                        help="all 49 prompts x 3 seeds and every issue-#6 case; about an hour")
     parser.add_argument("--out", type=Path, help="output folder (default: out/bench/MODE)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help=f"torch CPU threads (default: the engine's, {default_threads()} here)")
     parser.add_argument("--model", help="prior folder or HF id (default: the embedded prior)")
     dev = parser.add_argument_group("development (the report flags any of these as non-standard)")
     dev.add_argument("--prompts", nargs="+", help="replace the mode's prompt set")

@@ -14,6 +14,7 @@ import time
 import torch
 
 from engine.cli import config_or_exit
+from engine.cpu_sharing import default_threads
 from engine.prior import load_prior
 from engine.tasks import preset_config
 from engine.tasks.latent_field import FieldOptimisation
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

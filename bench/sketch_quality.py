@@ -33,6 +33,7 @@ import trimesh
 
 from engine import load_prior, write_outputs
 from engine.cli import config_or_exit
+from engine.cpu_sharing import default_threads
 from engine.export import load_glb, texel_surface_points
 from engine.meshes import MeshInput
 from engine.occupancy import winding_numbers
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="prior folder (default: the embedded prior)")
     # One by default: on a 2-core machine shared with other jobs, two torch threads per job spin on
     # each other (optimisation measured at 214 s with 2 threads against 25 s with 1, load ~6).
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
     parser.add_argument("--workdir", default="out/sketch_quality")
     parser.add_argument("--out", default="out/sketch_quality/sketch_quality.json")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",

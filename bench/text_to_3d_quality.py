@@ -20,6 +20,7 @@ import torch
 
 from engine import generate, load_prior, orbit_camera, write_outputs
 from engine.cli import config_or_exit
+from engine.cpu_sharing import default_threads
 from engine.export import load_glb, texel_surface_points
 from engine.raster import render_silhouette
 from engine.tasks import preset_config
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--model", help="prior folder (default: the embedded prior)")
     parser.add_argument("--workdir", default="out/quality")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads")
     parser.add_argument("--out", default="out/quality/text_to_3d.json")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override GenerateConfig fields (guidance.X, colour_refine.X for nested configs)")

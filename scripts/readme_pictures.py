@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 from bench.paint_quality import CASES as PAINT_CASES
 from bench.sketch_quality import cases as sketch_cases
 from engine import MeshInput, TexturedMesh, load_prior, preset_config
+from engine.cpu_sharing import default_threads
 from engine.export import preview_cameras
 from engine.raster import Lighting, render_textured
 from engine.tasks import TASKS
@@ -231,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="the grid's columns")
     parser.add_argument("--steps", type=int, help="every run's step count instead of its preset's (only to try "
                         "the script out quickly; the README's pictures use the presets' own)")
-    # One thread by default: on a 2-core machine that another job keeps busy, two torch threads crawled
-    # (30 draft steps: 0.8 s on one thread, 99 s on two).
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)

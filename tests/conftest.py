@@ -1,12 +1,14 @@
 import pytest
 import torch
 
+from engine.cpu_sharing import default_threads
 from engine.testing import save_tiny_prior, tiny_prior
 
 
 @pytest.fixture(autouse=True)
-def _two_threads():
-    torch.set_num_threads(2)
+def _engine_threads():
+    """The engine's own thread count (engine.cpu_sharing), restored for every test."""
+    torch.set_num_threads(default_threads())
 
 
 @pytest.fixture(scope="session")

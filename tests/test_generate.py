@@ -112,8 +112,9 @@ def test_cancel_after_the_mesh_stage_stops_before_the_colour_stage_ends(tiny):
 
 def test_the_sd_presets_whole_pipeline_runs_on_64x64_latents_with_an_8x_vae():
     """The stages a Stable Diffusion checkpoint gets, at SD's latent and image sizes, on a tiny random
-    stand-in: a few steps, fewer colour views, a small texture and a coarse lattice (its views are
-    noise, whose hull on the preset's 128^3 lattice is a sponge of a million faces)."""
+    stand-in: a few steps, fewer colour views, a small texture, a coarse lattice (its views are
+    noise, whose hull on the preset's 128^3 lattice is a sponge of a million faces) and a short
+    outline fit (noise views send the surface stage to the field's density)."""
     from engine.prior import Prior
     from engine.testing import tiny_components, tiny_metadata
 
@@ -121,7 +122,7 @@ def test_the_sd_presets_whole_pipeline_runs_on_64x64_latents_with_an_8x_vae():
     preset = preset_config("generate", "sd")
     assert (preset.field.grid_resolution, preset.surface.mesh_resolution, preset.surface.method) == (64, 128, "hull")
     config = preset_config("generate", "sd", {"steps": 2, "colour.view_azimuths": 2, "colour.texture_size": 512,
-                                              "surface.mesh_resolution": 40})
+                                              "surface.mesh_resolution": 40, "surface.silhouette_fit_steps": 16})
     events = []
     result = generate("a red cube", sd_like, config, on_progress=events.append)
     assert result.preview.shape == (512, 512, 3)
