@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .targets import target_row
+
 log = logging.getLogger(__name__)
 
 # The fidelity targets (bench/fidelity.judge's measures): medians over every judged asset.
@@ -60,6 +62,7 @@ PHASES = [("optimise_s", "optimisation"), ("colour_s", "colour stage"), ("mesh_s
           ("write_s", "file export")]
 PLOTS = {"quality": "quality.png", "speed": "speed.png", "scaling": "scaling.png"}
 SHEET = "fidelity_sheet.png"
+TASK_SHEETS = {"paint": "paint_sheet.png", "sketch": "sketch_sheet.png"}
 SHEET_ALL_MAX = 16  # up to this many judged assets the contact sheet shows every one
 SHEET_TILE = 128  # pixels per view on the contact sheet
 NOT_MEASURED = "not measured in this run"
@@ -114,15 +117,6 @@ def _ok(flag: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------- targets
-def _target(key, label, op, goal, unit, value, basis: str) -> dict:
-    row = {"key": key, "label": label, "op": op, "goal": goal, "unit": unit, "value": value, "basis": basis,
-           "met": None, "margin": None}
-    if value is not None:
-        margin = value - goal if op == ">=" else goal - value
-        row.update(met=margin >= 0, margin=margin)
-    return row
-
-
 def shape_fidelity_misses(medians: dict) -> list[str]:
     """The per-shape goals one shape's medians (``quality.fidelity.by_shape[shape]``) miss, as text."""
     misses = []
@@ -188,7 +182,8 @@ def evaluate_targets(results: dict) -> list[dict]:
                            f"bench/sds_step.py" if overhead else ""),
         **_contention_values(results.get("contention")),
     }
-    return [_target(key, label, op, goal, unit, *values.get(key, (None, ""))) for key, label, op, goal, unit in TARGETS]
+    return [target_row(key, label, op, goal, unit, *values.get(key, (None, "")))
+            for key, label, op, goal, unit in TARGETS]
 
 
 def _contention_values(contention: dict | None) -> dict:
@@ -202,19 +197,23 @@ def _contention_values(contention: dict | None) -> dict:
 
 
 def evaluate_other_bars(results: dict) -> list[dict]:
-    """Bars from elsewhere that this benchmark also measures: issue #6's and the server's."""
+    """Bars from elsewhere that this benchmark also measures: issue #15's paint and sketch targets (the
+    verdicts ``bench/run.summarise_cases`` stored), or, for a run from before them, issue #6's
+    cases passed; and the server's."""
     rows = []
     for key, name in (("paint", "Latent-Paint cases passing issue #6's checks"),
                       ("sketch", "Sketch-Shape cases passing issue #6's checks")):
-        passed = _get(results, key, "passed")
-        if passed and passed["n"]:
-            rows.append(_target(key, name, ">=", 1.0, "fraction", passed["k"] / passed["n"],
-                                f"{passed['k']}/{passed['n']} cases"))
+        targets, passed = _get(results, key, "targets"), _get(results, key, "passed")
+        if targets is not None:
+            rows += targets
+        elif passed and passed["n"]:
+            rows.append(target_row(key, name, ">=", 1.0, "fraction", passed["k"] / passed["n"],
+                                   f"{passed['k']}/{passed['n']} cases"))
     slowdown = _get(results, "server", "slowdown_percent")
     if slowdown is not None:
-        rows.append(_target("server_slowdown", "Server slowdown under 100 status requests/s", "<=",
-                            SERVER_SLOWDOWN_GOAL_PERCENT / 100, "fraction", slowdown / 100,
-                            "engine steps/s with vs without the load"))
+        rows.append(target_row("server_slowdown", "Server slowdown under 100 status requests/s", "<=",
+                               SERVER_SLOWDOWN_GOAL_PERCENT / 100, "fraction", slowdown / 100,
+                               "engine steps/s with vs without the load"))
     return rows
 
 
@@ -503,11 +502,11 @@ def _sheet_label(tag: str, r: dict) -> str:
     return "\n".join(lines)
 
 
-def _asset_path(glb: str | None, out_dir: Path) -> Path | None:
-    """A run's GLB: at its recorded path (relative to where the run started) or in ``out_dir/assets``."""
+def _asset_path(glb: str | None, out_dir: Path, folder: str = "assets") -> Path | None:
+    """A run's GLB: at its recorded path (relative to where the run started) or in ``out_dir/folder``."""
     if not glb:
         return None
-    for candidate in (Path(glb), out_dir / "assets" / Path(glb).name):
+    for candidate in (Path(glb), out_dir / folder / Path(glb).name):
         if candidate.is_file():
             return candidate
     return None
@@ -540,51 +539,162 @@ def write_sheet(results: dict, out_dir: Path, size: int = SHEET_TILE) -> tuple[P
     return path, which
 
 
-def _cases_md(results: dict, name: str, intro: str, header: list[str], row, summary) -> list[str]:
-    """One issue-#6 section: ``intro``, a table with one ``row(case)`` per case (``header`` after the
-    case and seed columns; failed cases show their error), then ``summary(section)`` lines."""
-    missing = _section_status(results, name)
+def task_sheet_selection(records: list[dict]) -> tuple[list[dict], str]:
+    """The paint or sketch runs a contact sheet shows and a line saying which: every judged run up to
+    ``SHEET_ALL_MAX`` of them, beyond that the first seed's run of each case."""
+    judged = [r for r in records if "error" not in r and r.get("fidelity") and r.get("glb")]
+    if len(judged) <= SHEET_ALL_MAX:
+        return judged, f"all {len(judged)} judged run(s)"
+    first: dict[str, dict] = {}
+    for r in judged:
+        first.setdefault(r["case"], r)
+    return list(first.values()), (f"the first seed's run of each of the {len(first)} cases, of {len(judged)} judged "
+                                  "runs (every run is in the tables)")
+
+
+def _task_sheet_label(r: dict) -> str:
+    f = r["fidelity"]
+    lines = [f"{r['case']}, seed {r['seed']}", r["prompt"] + (f", scale {r['scale']:g}" if r.get("scale", 1) != 1
+                                                               else ""),
+             f"chamfer {f['chamfer_pct']:.2f}% IoU {f['volume_iou']:.3f}",
+             f"normal {f['normal_error_deg']:.1f} deg", f"albedo {f['albedo_error']:.3f} blotch "
+                                                        f"{100 * f['blotched_share']:.1f}%"]
+    if "door_iou" in r:
+        lines.append(f"door IoU {r['door_iou']:.2f} px {r['door_pixels_front']}/{r['door_pixels_back']}")
+    return "\n".join(lines)
+
+
+def write_task_sheet(results: dict, out_dir: Path, task: str, size: int = SHEET_TILE) -> tuple[Path | None, str]:
+    """Draw ``out_dir/TASK_sheet.png`` (``bench/fidelity.contact_sheet``) of a paint or sketch section's runs:
+    each asset (a scaled sketch's scaled back by 1/s, as judged) beside its exact shape in the prompt's colour.
+
+    Returns (the PNG or None, which rows it shows or why it was not drawn).
+
+    Args:
+        results: the benchmark's results.
+        out_dir: the report's folder; GLBs not at their recorded paths are looked for in ``out_dir/TASK``.
+        task: "paint" or "sketch".
+        size: side of one view tile in pixels.
+    """
+    picks, which = task_sheet_selection(_get(results, task, "cases") or [])
+    if not picks:
+        return None, ""
+    from engine.export import TexturedMesh, load_glb
+
+    from . import fidelity
+
+    rows, missing = [], []
+    for r in picks:
+        path = _asset_path(r["glb"], out_dir, task)
+        if path is None:
+            missing.append(f"{r['case']} seed {r['seed']}")
+            continue
+        mesh, scale = load_glb(path), r.get("scale", 1.0)
+        mesh = TexturedMesh(mesh.vertices / scale, mesh.faces, mesh.uvs, mesh.texture)
+        rows.append(fidelity.SheetRow(_task_sheet_label(r), mesh, r["exact_shape"], r["colour"]))
+    if not rows:
+        return None, f"not drawn: the {len(picks)} judged GLB(s) are neither at their recorded paths nor in {task}/"
+    path = out_dir / TASK_SHEETS[task]
+    fidelity.contact_sheet(rows, path, size)
     if missing:
-        return [f"{intro.split(' (')[0]}: {missing}", ""]
-    section, rows = results[name], []
-    for r in section["cases"]:
-        if "error" in r:
-            rows.append([r["case"], r["seed"]] + ["–"] * len(header) + [f"error: {r['error']}"])
-        else:
-            rows.append([f"{r['case']} ({r['prompt']})", r["seed"]] + row(r))
-    return [intro, "", _table(["case", "seed"] + header + ["verdict"], rows), ""] + summary(section)
+        which += f"; left out, GLB not found: {', '.join(missing)}"
+    return path, which
 
 
-def _paint_row(r: dict) -> list:
-    door = f"{r['door_pixels_front']}/{r['door_pixels_back']}" if "door_pixels_front" in r else "–"
-    failed = [k for k, v in r["checks"].items() if not v]
-    return [r.get("colour", "–"), door, _fmt(r["seconds"], "seconds"),
-            "pass" if r["passed"] else "**fail**: " + ", ".join(failed)]
+TASK_INTROS = {
+    "paint": ("Latent-Paint (`bench/paint_quality.py`): the contract's sphere, cube, cylinder and torus as meshes of "
+              "12k–20k faces, each painted in two colours; the contract's house mesh painted `a {colour} house` "
+              "(the colour changes with the seed); a 12,288-face cube timed. Each GLB is read back and judged by "
+              "`bench/fidelity.judge` against the exact shape in the prompt's colour. Geometry unchanged: the "
+              "painted vertices are the input's and the face count is kept. Door: pixels of an unlit 64² render "
+              "from the contract's front camera (azimuth 0°, elevation 15°) nearer the shaded door colour than any "
+              "shaded palette colour (`primitive_world.evaluate_samples.door_pixels`' test, per pixel); door IoU "
+              "with the contract's exact door region in that view; the back view (azimuth 180°) must show fewer "
+              "than 20 such pixels."),
+    "sketch": ("Sketch-Shape (`bench/sketch_quality.py`): the contract house's bounding box (scaled 1, 0.9 and "
+               "1.1) and a box-and-wedge blockout jittered by 3 % of its size, sketched as `a {colour} house`; a "
+               "sphere sketched as `a {colour} cube`. Each GLB is read back and judged by `bench/fidelity.judge` "
+               "against the exact shape the prompt names; a scaled sketch's asset is scaled back by 1/s first and "
+               "judged against the unscaled house, so chamfer (% of the diagonal), normal error and IoU do not "
+               "depend on the scale. IoU with the sketch: both voxelised on one lattice (96³) over their joint "
+               "box. Door: as for Latent-Paint, on the scaled-back asset; visible with 20 pixels or more."),
+}
+CASE_HEADER = ["seed", "colour", "chamfer", "normal", "IoU", "albedo", "blotched", "door IoU", "door px front/back",
+               "time", "verdict"]
+GROUP_MEASURES = ("chamfer_pct", "normal_error_deg", "volume_iou", "albedo_error", "blotched_share")
 
 
-def _sketch_row(r: dict) -> list:
-    return [f"{r['iou']:.3f} (bar {r['min_iou']:.2f})",
-            f"{r['colour']}" + (f" (want {r['colour_wanted']})" if r["colour_wanted"] else ""),
-            _fmt(r["seconds"], "seconds"), "pass" if r["passed"] else "**fail**"]
+def _verdict(r: dict) -> str:
+    failed = [k for k, v in (r.get("checks") or {}).items() if not v]
+    return "pass" if r.get("passed") else "**fail**" + (": " + ", ".join(failed) if failed else "")
 
 
-def _paint_sketch_md(results: dict) -> list[str]:
-    paint = _cases_md(
-        results, "paint",
-        "Latent-Paint (`bench/paint_quality.py`): the contract mesh painted from a prompt; colour = median of the "
-        "object pixels over 16 shaded views; house: door in front (≥ 20 px) and none at the back; timing: a "
-        "12,288-face cube painted within 120 s.",
-        ["judged colour", "door px front/back", "time"], _paint_row,
-        lambda p: [f"Latent-Paint colour accuracy: {p['colour']['correct']}/{p['colour']['n']} "
-                   f"({_fmt(p['colour']['rate'], 'fraction')}).", ""] if p.get("colour") else [])
-    sketch = _cases_md(
-        results, "sketch",
-        "Sketch-Shape (`bench/sketch_quality.py`): volume IoU of the exported mesh with the sketch; colour where "
-        "the case asks for one; each job within 180 s.",
-        ["IoU", "colour", "time"], _sketch_row,
-        lambda s: [f"Sketch-Shape IoU: median {s['iou']['median']:.3f}, min {s['iou']['min']:.3f} "
-                   f"over {s['iou']['n']} jobs.", ""] if s.get("iou") else [])
-    return ["## Latent-Paint and Sketch-Shape (issue #6's checks)", ""] + paint + sketch
+def _case_row(r: dict, task: str) -> list:
+    """One run of a paint or sketch case; a record from before the fidelity judge shows – for its gaps."""
+    if "error" in r:
+        return [r["seed"]] + ["–"] * (len(CASE_HEADER) - 2 + (task == "sketch")) + [f"error: {r['error']}"]
+    f = r.get("fidelity") or {}
+    door = (f"{r['door_pixels_front']}/{r['door_pixels_back']}" if "door_pixels_front" in r else "–")
+    cells = [r["seed"], r.get("colour", "–")] + [_fmt(f.get(m), FIDELITY_NAMES[m][1]) for m in GROUP_MEASURES]
+    cells += [_fmt(r.get("door_iou"), "score"), door]
+    if task == "sketch":
+        cells.append(_fmt(r.get("iou_sketch", r.get("iou")), "score"))
+    return cells + [_fmt(r.get("seconds"), "seconds"), _verdict(r)]
+
+
+def _case_tables(records: list[dict], task: str) -> list[str]:
+    """One table per case, a row per seed."""
+    header = CASE_HEADER[:-2] + (["IoU with the sketch"] if task == "sketch" else []) + CASE_HEADER[-2:]
+    out = []
+    for case in dict.fromkeys(r["case"] for r in records):
+        runs = [r for r in records if r["case"] == case]
+        done = next((r for r in runs if "error" not in r), {})
+        about = ", ".join(x for x in (f"`{done['prompt']}`" if "prompt" in done and len(runs) == 1 else "",
+                                      f"{done['faces']:,} faces" if "faces" in done and task == "paint" else "",
+                                      f"scale {done['scale']:g}" if done.get("scale", 1.0) != 1.0 else "") if x)
+        out += [f"**{case}**" + (f" ({about})" if about else "") + ":", "",
+                _table(header, [_case_row(r, task) for r in runs]), ""]
+    return out
+
+
+def _group_table(groups: dict) -> list[str]:
+    """Each case group's medians and door rates."""
+    rows = []
+    for name, g in groups.items():
+        front, back = g.get("door_front"), g.get("door_back")
+        rows.append([name, g["n"]] + [_fmt(g[m], FIDELITY_NAMES[m][1]) for m in GROUP_MEASURES]
+                    + [_fmt(g.get("door_iou"), "score"),
+                       f"{front['correct']}/{front['n']}" if front else "–",
+                       f"{back['with_door_back']}/{back['n']}" if back else "–"])
+    return ["Medians per case group:", "",
+            _table(["group", "runs", "chamfer", "normal", "IoU", "albedo", "blotched", "door IoU",
+                    "door visible in front", "door on the back"], rows), ""]
+
+
+def _task_md(results: dict, task: str, plots: dict) -> list[str]:
+    missing = _section_status(results, task)
+    title = "Latent-Paint" if task == "paint" else "Sketch-Shape"
+    if missing:
+        return [f"### {title}", "", missing, ""]
+    section = results[task]
+    out = [f"### {title}", "", TASK_INTROS[task], ""] + _case_tables(section["cases"], task)
+    if section.get("groups"):
+        out += _group_table(section["groups"])
+    if f"{task}_sheet" in plots:
+        what = ("the painted asset" if task == "paint"
+                else "the asset scaled back by 1/s (what the judge compared)")
+        out += [f"Contact sheet ({plots[f'{task}_sheet_rows']}): {what} from the front, side, back and above, lit "
+                "by the contract's light, then the exact shape in the prompt's colour the same way.", "",
+                f"![{task} contact sheet]({plots[f'{task}_sheet']})", ""]
+    elif plots.get(f"{task}_sheet_note"):
+        out += [f"Contact sheet: {plots[f'{task}_sheet_note']}.", ""]
+    return out
+
+
+def _paint_sketch_md(results: dict, plots: dict) -> list[str]:
+    return (["## Latent-Paint and Sketch-Shape (issue #15's cases)", "",
+             "Verdicts are in the targets' table above (\"Other bars\"); the standard preset throughout.", ""]
+            + _task_md(results, "paint", plots) + _task_md(results, "sketch", plots))
 
 
 def _speed_md(results: dict, plots: dict) -> list[str]:
@@ -820,7 +930,7 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
         lines += ["Other bars this run measures:", "",
                   _table(["bar", "goal", "measured", "verdict", "margin", "basis"], _target_rows(other)), ""]
     lines += _section(results, "quality", "Text-to-3D quality", lambda: _quality_md(results, plots))
-    lines += _paint_sketch_md(results)
+    lines += _paint_sketch_md(results, plots)
     lines += _section(results, "speed", "Speed", lambda: _speed_md(results, plots))
     lines += _section(results, "server", "Server", lambda: _server_md(results))
     lines += _section(results, "contention", "Sharing a busy CPU", lambda: _contention_md(results))
@@ -831,7 +941,8 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
               '    pip install -e ".[bench]"', f"    {results.get('command')}", "",
               "`--quick` runs a fixed subset in about 10 minutes on a 2-core CPU; "
               "`--full` runs all 49 prompts × 3 seeds "
-              "and every issue-#6 case (about an hour). `--out DIR` picks the folder, `--threads N` the torch threads. "
+              "and every issue-#15 paint and sketch case (about an hour). `--out DIR` picks the folder, "
+              "`--threads N` the torch threads. "
               "Wall times depend on what else the machine is doing; the load average is recorded above.", ""]
     return "\n".join(lines)
 
@@ -855,16 +966,20 @@ def write_report(results: dict, out_dir: Path, sheet_size: int = SHEET_TILE) -> 
         if drawn:
             written[name] = path
             plots[name] = path.name
-    try:
-        sheet, note = write_sheet(results, out_dir, sheet_size)
-    except Exception as exc:  # nor must the contact sheet
-        log.exception("the fidelity contact sheet failed")
-        sheet, note = None, f"not drawn: `{type(exc).__name__}: {exc}`"
-    if sheet:
-        written["fidelity_sheet"] = sheet
-        plots.update(fidelity_sheet=sheet.name, fidelity_sheet_rows=note)
-    elif note:
-        plots["fidelity_sheet_note"] = note
+    sheets = {"fidelity": lambda: write_sheet(results, out_dir, sheet_size),
+              **{task: (lambda task=task: write_task_sheet(results, out_dir, task, sheet_size))
+                 for task in TASK_SHEETS}}
+    for name, draw_sheet in sheets.items():
+        try:
+            sheet, note = draw_sheet()
+        except Exception as exc:  # nor must a contact sheet
+            log.exception("the %s contact sheet failed", name)
+            sheet, note = None, f"not drawn: `{type(exc).__name__}: {exc}`"
+        if sheet:
+            written[f"{name}_sheet"] = sheet
+            plots.update({f"{name}_sheet": sheet.name, f"{name}_sheet_rows": note})
+        elif note:
+            plots[f"{name}_sheet_note"] = note
     report = out_dir / "REPORT.md"
     report.write_text(render_markdown(results, plots))
     written["report"] = report

@@ -18,8 +18,11 @@ Sections, each reusing the project's single-purpose benchmark where one exists:
   by ``bench/fidelity.judge`` (chamfer, normal error, volume IoU, albedo error, blotched share, door
   albedo) and its handles counted (``bench/fidelity.topology``), outside the timed part; the report
   draws a contact sheet of the judged assets beside the exact shapes;
-* paint, sketch -- issue #6's cases through ``bench/paint_quality.run_case`` and
-  ``bench/sketch_quality.run_case``;
+* paint, sketch -- issue #15's cases through ``bench/paint_quality.run_case`` and
+  ``bench/sketch_quality.run_case``: each asset written, read back and judged by ``bench/fidelity.judge``
+  against the contract's exact shape (a scaled sketch's asset scaled back first), houses' doors seen
+  from the contract's front and back cameras; the verdicts come from each script's ``TARGETS``; quick
+  mode paints a blue sphere and a house and sketches the house box and the blockout, seed 0;
 * speed -- per-asset and per-phase times from the quality runs, the SDS/U-Net overhead ratio
   (``bench/sds_step.py``), time per step against grid resolution and total time against step count;
 * server -- ``bench/server_bench.py`` (submit round trip, progress latency, 100 status requests/s);
@@ -63,14 +66,15 @@ SCALING_PROMPT = "a red cube"  # the steps-scaling runs reuse the quality run of
 
 MODES = {
     "quick": dict(prompts=QUICK_PROMPTS, seeds=[0],
-                  paint_cases=["house"], paint_seeds=[0], sketch_cases=["cube-as-house"], sketch_seeds=[0],
+                  paint_cases=["sphere-blue", "house"], paint_seeds=[0], sketch_cases=["house-box", "blockout"],
+                  sketch_seeds=[0],
                   grids=[16, 32, 48, 64], grid_repeats=8, sds_repeats=10, sds_rounds=3,
                   steps_factors=[0.25, 0.5, 1.0],
                   server=dict(rounds=1, steps=200, submits=10), gpu_prompts=QUICK_PROMPTS[:2],
                   sd_pipeline={"steps": 300}, contention_preset="draft",
                   ray=dict(jobs=2, actors=(1, 2), preset="draft", rounds=1, steps=50, submits=10)),
     "full": dict(prompts=FULL_PROMPTS, seeds=[0, 1, 2],
-                 paint_cases=["sphere", "cube", "house", "timing"], paint_seeds=[0, 1, 2],
+                 paint_cases=None, paint_seeds=[0, 1, 2],
                  sketch_cases=None, sketch_seeds=[0, 1, 2],
                  grids=[16, 32, 48, 64], grid_repeats=30, sds_repeats=30, sds_rounds=5,
                  steps_factors=[0.25, 0.5, 1.0, 2.0],
@@ -78,8 +82,9 @@ MODES = {
                  sd_pipeline={}, contention_preset="standard",
                  ray=dict(jobs=6, actors=(1, 2), preset="draft", rounds=3, steps=200, submits=50)),
 }
-# The paint timing case is one 12k-face job judged on time alone; repeating it per seed adds minutes
+# The paint timing case is one 12k-face job whose bar is its time; repeating it per seed adds minutes
 # and no information.
+# Case lists of None run every case (bench/paint_quality.CASES, bench/sketch_quality.cases).
 PAINT_ONCE = {"timing"}
 # SD 1.5's U-Net (runwayml/stable-diffusion-v1-5 unet/config.json), written out so no download is needed.
 SD15_UNET = dict(
@@ -329,67 +334,110 @@ def run_quality(prior, prompts, seeds, overrides, out_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------- paint, sketch
-def run_paint(prior, cases: list[str], seeds: list[int], overrides: list[str], out_dir: Path) -> dict:
+def summarise_cases(records: list[dict], groups: list[str], targets) -> dict:
+    """A paint or sketch section's summary: per case group the fidelity medians and door rates, the
+    targets' verdicts (``bench/targets.evaluate``) and how many runs pass every check of their own.
+
+    Args:
+        records: run records (``run_case``'s, or ``{case, seed, error}`` for a failed run).
+        groups: the case groups in report order.
+        targets: the task's ``TARGETS``.
+    """
+    from .targets import evaluate
+
+    ok = [r for r in records if "error" not in r]
+    by_group = {}
+    for group in groups:
+        runs = [r for r in ok if r["group"] == group]
+        if not runs:
+            continue
+        summary = {m: statistics.median(r["fidelity"][m] for r in runs) for m in FIDELITY_MEASURES}
+        summary["n"] = len(runs)
+        houses = [r for r in runs if "door_pixels_front" in r]
+        if houses:
+            summary["door_iou"] = statistics.median(r["door_iou"] for r in houses)
+            summary["door_front"] = _rate(houses, "door_front")
+            summary["door_back"] = {"with_door_back": sum(not r["no_door_back"] for r in houses), "n": len(houses)}
+        by_group[group] = summary
+    return {"cases": records, "groups": by_group, "targets": evaluate(records, targets),
+            "passed": {"k": sum(r["passed"] for r in ok), "n": len(records)}}
+
+
+def _paint_case_line(record: dict) -> str:
+    f = record["fidelity"]
+    door = f"  door IoU {record['door_iou']:.2f} px {record['door_pixels_front']}/{record['door_pixels_back']}" \
+        if "door_iou" in record else ""
+    return (f"paint {record['case']:16} seed {record['seed']}: {record['seconds']:5.1f} s  albedo "
+            f"{f['albedo_error']:.3f}  blotched {100 * f['blotched_share']:.1f} %{door}  "
+            + ("pass" if record["passed"] else "FAIL " + ",".join(k for k, v in record["checks"].items() if not v)))
+
+
+def run_paint(prior, cases: list[str] | None, seeds: list[int], overrides: list[str], out_dir: Path) -> dict:
+    """Latent-Paint's cases (``bench/paint_quality.CASES``; None: all) with every seed, the timing case
+    once; each run written, judged and summarised (``summarise_cases``).
+
+    Args:
+        prior: the loaded prior.
+        cases: case names, or None for every case.
+        seeds: the seeds.
+        overrides: "FIELD=VALUE" settings over the standard preset.
+        out_dir: the benchmark's folder; the GLBs go to ``out_dir/paint``.
+    """
     from . import paint_quality as pq
 
+    workdir = _folder(out_dir / "paint")
     records = []
     for seed in seeds:
-        for name in cases:
+        for name in cases or list(pq.CASES):
             if name in PAINT_ONCE and seed != seeds[0]:
                 continue
-            workdir = out_dir / "paint" / f"seed{seed}"
-            workdir.mkdir(parents=True, exist_ok=True)
             try:
-                record = {"seed": seed, **pq.run_case(name, prior, task_config("paint", seed, overrides), workdir)}
-                if "colour" in record["checks"]:
-                    record["colour_ok"] = record["checks"]["colour"]
-                log.info("paint %-7s seed %d: %5.1f s  colour %-7s  %s", name, seed, record["seconds"],
-                         record.get("colour"), "pass" if record["passed"] else
-                         "FAIL " + ",".join(k for k, v in record["checks"].items() if not v))
+                record = pq.run_case(name, prior, task_config("paint", seed, overrides), workdir)
+                log.info("%s", _paint_case_line(record))
             except Exception as exc:
                 log.exception("paint case %s seed %d failed", name, seed)
                 record = {"case": name, "seed": seed, "error": _error(exc)}
             records.append(record)
-    judged = [r for r in records if "error" not in r and r["case"] not in PAINT_ONCE]
-    houses = [r for r in judged if "door_pixels_back" in r]
-    return {
-        "cases": records,
-        "colour": _rate(judged, "colour_ok") if judged else None,
-        "door_back": {"with_door_back": sum(not r["checks"].get("no_door_back", True) for r in houses),
-                      "n": len(houses)},
-        "passed": {"k": sum(r["passed"] for r in records if "error" not in r), "n": len(records)},
-    }
+    return summarise_cases(records, list(pq.GROUPS), pq.TARGETS)
+
+
+def _sketch_case_line(row: dict) -> str:
+    f = row["fidelity"]
+    door = f"  door px {row['door_pixels_front']}/{row['door_pixels_back']}" if "door_pixels_front" in row else ""
+    return (f"sketch {row['case']:15} seed {row['seed']}: {row['seconds']:5.1f} s  chamfer {f['chamfer_pct']:.2f} %  "
+            f"normal {f['normal_error_deg']:.1f} deg  IoU {f['volume_iou']:.3f}  albedo {f['albedo_error']:.3f}  "
+            f"IoU with the sketch {row['iou_sketch']:.3f}{door}  "
+            + ("pass" if row["passed"] else "FAIL " + ",".join(k for k, v in row["checks"].items() if not v)))
 
 
 def run_sketch(prior, cases: list[str] | None, seeds: list[int], overrides: list[str], out_dir: Path) -> dict:
+    """Sketch-Shape's cases (``bench/sketch_quality.cases``; None: all) with every seed, each run written,
+    judged and summarised (``summarise_cases``).
+
+    Args:
+        prior: the loaded prior.
+        cases: case names, or None for every case.
+        seeds: the seeds.
+        overrides: "FIELD=VALUE" settings over the standard preset.
+        out_dir: the benchmark's folder; the GLBs go to ``out_dir/sketch``.
+    """
     from . import sketch_quality as sq
 
-    workdir = out_dir / "sketch"
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = _folder(out_dir / "sketch")
     rows = []
     for seed in seeds:
         config = task_config("sketch", seed, overrides)
-        for case in sq.cases():
+        for case in sq.cases(seed):
             if cases and case["name"] not in cases:
                 continue
             try:
                 row = sq.run_case(case, prior, config, workdir)
-                log.info("sketch %-15s seed %d: %5.1f s  IoU %.3f (bar %.2f)  colour %s  %s", case["name"], seed,
-                         row["seconds"], row["iou"], row["min_iou"], row["colour"],
-                         "pass" if row["passed"] else "FAIL")
+                log.info("%s", _sketch_case_line(row))
             except Exception as exc:
                 log.exception("sketch case %s seed %d failed", case["name"], seed)
                 row = {"case": case["name"], "seed": seed, "error": _error(exc)}
             rows.append(row)
-    ok = [r for r in rows if "error" not in r]
-    return {
-        "cases": rows,
-        "iou": _summary([r["iou"] for r in ok]),
-        "iou_ok": _rate(ok, "iou_ok") if ok else None,
-        "colour": _rate([r for r in ok if r.get("colour_wanted")], "colour_ok")
-        if any(r.get("colour_wanted") for r in ok) else None,
-        "passed": {"k": sum(r["passed"] for r in ok), "n": len(rows)},
-    }
+    return summarise_cases(rows, list(sq.GROUPS), sq.TARGETS)
 
 
 # ------------------------------------------------------------------------------------------ speed
@@ -623,7 +671,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     which.add_argument("--quick", action="store_const", dest="mode", const="quick",
                        help="a fixed subset, about 10 minutes on a 2-core CPU (the default)")
     which.add_argument("--full", action="store_const", dest="mode", const="full",
-                       help="all 49 prompts x 3 seeds and every issue-#6 case; about an hour")
+                       help="all 49 prompts x 3 seeds and every issue-#15 paint and sketch case; about an hour")
     parser.add_argument("--out", type=Path, help="output folder (default: out/bench/MODE)")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help=f"torch CPU threads (default: the engine's, {default_threads()} here)")

@@ -34,6 +34,27 @@ SQUARE = np.ones((3, 3), dtype=bool)  # pixel neighbourhoods: diagonal neighbour
 
 
 @dataclass(frozen=True)
+class FlattenConfig:
+    """An albedo texture's noise flattened on the surface (``flattened``): cells across the scene box,
+    diffusion passes and the colour difference that still counts as the same colour. 0 passes skip it."""
+
+    cells: int = 64
+    iterations: int = 200
+    sigma: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_int("flatten.cells", self.cells, 4, 4096)
+        check_int("flatten.iterations", self.iterations, 0, 1000)
+        check_number("flatten.sigma", self.sigma, 0, 10, low_open=True)
+
+    def apply(self, points: np.ndarray, colours: np.ndarray, bound: float) -> np.ndarray:
+        """``colours`` (N, 3) of surface ``points`` (N, 3) in a scene box of half-size ``bound``, flattened."""
+        if self.iterations == 0:
+            return colours
+        return flattened(points, colours, 2 * bound / self.cells, self.iterations, self.sigma)
+
+
+@dataclass(frozen=True)
 class ColourConfig:
     """The colour stage of a field task: which views are decoded, and the texture baked from them."""
 
@@ -45,20 +66,13 @@ class ColourConfig:
     foreground_threshold: float = 0.1
     texture_size: int = 1024
     delight: bool = True  # albedo texture: the prior's known light (PriorMetadata.lighting) divided out
-    # The texture's noise flattened on the surface (``flattened``): cells across the scene box,
-    # diffusion passes and the colour difference that still counts as the same colour. 0 passes skip it.
-    flatten_cells: int = 64
-    flatten_iterations: int = 200
-    flatten_sigma: float = 0.1
+    flatten: FlattenConfig = FlattenConfig()
 
     def __post_init__(self) -> None:
         check_int("colour.view_azimuths", self.view_azimuths, 1, 64)
         check_int("colour.view_rings", self.view_rings, 1, 16)
         check_number("colour.foreground_threshold", self.foreground_threshold, 0, 1)
         check_int("colour.texture_size", self.texture_size, *TEXTURE_SIZE_RANGE)
-        check_int("colour.flatten_cells", self.flatten_cells, 4, 4096)
-        check_int("colour.flatten_iterations", self.flatten_iterations, 0, 1000)
-        check_number("colour.flatten_sigma", self.flatten_sigma, 0, 10, low_open=True)
 
 
 @dataclass

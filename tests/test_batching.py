@@ -34,7 +34,7 @@ TEXELS_DIFFERING = 0.001
 def generate_job(prompt: str, overrides: dict) -> Callable:
     # Flattening off: it costs seconds per job and never touches the U-Net.
     config = preset_config("generate", "draft", {"steps": 6, "field.grid_resolution": 24, "surface.mesh_resolution": 40,
-                                                 "colour.view_rings": 2, "colour.flatten_iterations": 0, **overrides})
+                                                 "colour.view_rings": 2, "colour.flatten.iterations": 0, **overrides})
 
     def run(prior, cancel=None, on_progress=None):
         return generate(prompt, prior, config, on_progress=on_progress, cancel=cancel)

@@ -150,7 +150,7 @@ def test_albedo_texture_is_the_baked_colour_with_the_prior_lighting_divided_out(
     lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
     # Flattening off: it works on the albedo, after the division this test checks.
     config = {"steps": 4, "field.grid_resolution": 24, "surface.mesh_resolution": 32, "colour.texture_size": 512,
-              "colour.flatten_iterations": 0}
+              "colour.flatten.iterations": 0}
     unlit_config = preset_config("generate", "draft", {"colour.delight": False, **config})
     lit = generate("a red cube", lit_prior, unlit_config).mesh
     delit = generate("a red cube", lit_prior, preset_config("generate", "draft", config)).mesh

@@ -23,7 +23,7 @@ def small_config(overrides: dict | None = None):
 def test_generate_end_to_end_writes_a_textured_glb(request, tmp_path, prior_name):
     prior = request.getfixturevalue(prior_name)
     # Flattening off: the colour check below is about back-projection; flattening has its own tests.
-    result = generate("a red cube", prior, small_config({"colour.flatten_iterations": 0}))
+    result = generate("a red cube", prior, small_config({"colour.flatten.iterations": 0}))
     glb = write_outputs(result.mesh, tmp_path / "cube.glb")[0]
     loaded = trimesh.load(glb, force="mesh")
     assert len(loaded.faces) > 100

@@ -287,20 +287,39 @@ def test_v_prediction_prior_and_sjc_paint_too(tiny_v):
     assert result.mesh.texture.std() > 0  # painted, not left blank
 
 
-def test_delight_divides_the_priors_light_out_of_the_painted_texture():
+def lit_tiny_prior():
     from dataclasses import replace
 
-    from engine.colour import albedo
     from engine.prior import Prior
     from engine.raster import Lighting
     from engine.testing import tiny_components, tiny_metadata
 
-    lighting = Lighting()
-    lit_prior = Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=lighting))
+    return Prior(*tiny_components(), metadata=replace(tiny_metadata(), lighting=Lighting()))
+
+
+def test_by_default_a_prior_that_knows_its_light_gets_an_albedo_texture_and_delight_false_keeps_the_shading():
+    from engine.colour import albedo
+
+    lit_prior = lit_tiny_prior()
     mesh = user_cube()
-    shaded = paint(mesh, "a red cube", lit_prior, small_config()).mesh
-    delit = paint(mesh, "a red cube", lit_prior, small_config({"colour.delight": True})).mesh
+    shaded = paint(mesh, "a red cube", lit_prior, small_config({"colour.delight": False})).mesh
+    delit = paint(mesh, "a red cube", lit_prior, small_config({"colour.flatten.iterations": 0})).mesh
     rows, cols, points, normals, _ = texel_surface_points(delit.vertices, delit.faces, delit.uvs, 512)
     # The cube is closed and wound outward, so the texel normals face the views it was painted from.
-    expected = albedo(shaded.texture[rows, cols] / 255.0, normals, lighting)
+    expected = albedo(shaded.texture[rows, cols] / 255.0, normals, lit_prior.metadata.lighting)
+    assert np.abs(shaded.texture[rows, cols] / 255.0 - expected).max() > 0.1  # the two differ
     assert np.abs(delit.texture[rows, cols] / 255.0 - expected).max() < 4 / 255
+
+
+def test_an_albedo_texture_is_flattened_and_a_shaded_one_is_not():
+    lit_prior = lit_tiny_prior()
+    mesh = user_cube()
+
+    def texel_spread(overrides):
+        painted = paint(mesh, "a red cube", lit_prior, small_config(overrides)).mesh
+        rows, cols, *_ = texel_surface_points(painted.vertices, painted.faces, painted.uvs, 512)
+        return (painted.texture[rows, cols] / 255.0).std(axis=0).mean()
+
+    assert texel_spread({}) < 0.7 * texel_spread({"colour.flatten.iterations": 0})
+    shaded = {"colour.delight": False}
+    assert texel_spread({**shaded, "colour.flatten.iterations": 50}) == texel_spread(shaded)

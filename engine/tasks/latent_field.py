@@ -24,7 +24,6 @@ from ..colour import (
     albedo,
     backproject,
     decode_views,
-    flattened,
     view_fidelity,
 )
 from ..config import TaskConfig
@@ -170,11 +169,7 @@ def baked_albedo(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, views
     def colour_fn(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
         colours = backproject(points, normals, vertices, faces, views, tolerance, on_view=cancel.raise_if_cancelled,
                               foreground_threshold=colour.foreground_threshold)[0]
-        colours = albedo(colours, normals, lighting)
-        if colour.flatten_iterations == 0:
-            return colours
-        return flattened(points, colours, 2 * bound / colour.flatten_cells, colour.flatten_iterations,
-                         colour.flatten_sigma)
+        return colour.flatten.apply(points, albedo(colours, normals, lighting), bound)
 
     return bake_texture(vertices, faces, uvs, colour_fn, size=colour.texture_size)
 

@@ -23,7 +23,7 @@ import torch
 import trimesh
 
 from ..cameras import Camera, ViewSampler
-from ..colour import DecodedView, albedo, backproject, inside_colours, view_fidelity
+from ..colour import DecodedView, FlattenConfig, albedo, backproject, inside_colours, view_fidelity
 from ..config import TEXTURE_SIZE_RANGE, TaskConfig, check_int, check_number
 from ..export import TexturedMesh, bake_texture, unwrap
 from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
@@ -32,7 +32,7 @@ from ..meshes import MeshError, MeshInput, frame_normalisation, validate_mesh
 from ..prior import Prior
 from ..progress import CancelToken, Progress, ProgressCallback
 from ..prompts import ViewPrompts
-from ..raster import render_textured
+from ..raster import Lighting, render_textured
 from .common import (
     cancel_token,
     check_prompt,
@@ -89,9 +89,12 @@ class PaintColourConfig:
     # Decoded pixels this close to a view's silhouette mix in the background (VAE blur); they are
     # replaced by the nearest pixel further inside before back-projection.
     edge_px: int = 2
-    # Divide the prior's known light out of the baked colours (an albedo texture). Off by default:
-    # the embedded prior paints the house's door as a dark patch that reads as a door only shaded.
-    delight: bool = False
+    # Divide the prior's light out of the baked colours (an albedo texture that Blender lights).
+    # None: whenever the prior's metadata knows its light, as text-to-3D does; False keeps the shading.
+    delight: bool | None = None
+    # An albedo texture's noise flattened on the surface; a shaded one is left as it is, since the
+    # filter would take its shading gradient for noise.
+    flatten: FlattenConfig = FlattenConfig()
     texture_size: int = 1024
 
     def __post_init__(self) -> None:
@@ -296,9 +299,10 @@ class ColourProgress:
         self.done += count
 
 
-def painted_texture(layout: UVLayout, views: list[DecodedView], config: PaintColourConfig, lighting,
-                    tolerance: float, progress: ColourProgress) -> np.ndarray:
-    """The texture (S, S, 3) uint8 baked from the decoded views of the painted mesh."""
+def painted_texture(layout: UVLayout, views: list[DecodedView], config: PaintColourConfig, lighting: Lighting | None,
+                    tolerance: float, bound: float, progress: ColourProgress) -> np.ndarray:
+    """The texture (S, S, 3) uint8 baked from the decoded views of the painted mesh: albedo, flattened
+    within a scene box of half-size ``bound``, when there is a ``lighting`` to divide out."""
     sign, closed = _normal_orientation(layout.vertices, layout.faces)
     cleaned = [inside_colours(view, config.edge_px) for view in views]
 
@@ -317,7 +321,9 @@ def painted_texture(layout: UVLayout, views: list[DecodedView], config: PaintCol
             colours[fill] = back[seen_back]
             normals[fill] *= -1  # the side the colour was seen from
             log.info("painted %d of %d unseen texels from their back side", len(fill), int(hidden.sum()))
-        return albedo(colours, normals, lighting)
+        if lighting is None:
+            return colours
+        return config.flatten.apply(points, albedo(colours, normals, lighting), bound)
 
     return bake_texture(layout.vertices, layout.faces, layout.uvs, colour_fn, size=config.texture_size)
 
@@ -330,9 +336,9 @@ def colour_stage(run: LatentPaint, on_progress: ProgressCallback | None,
     cameras = colour_cameras(prior, config.view_azimuths, run.views.rig)
     progress = ColourProgress(len(cameras), float(run.final_loss), on_progress, cancel)
     views = run.decode_views(cameras, on_batch=progress)
-    lighting = prior.metadata.lighting if config.delight else None
+    lighting = prior.metadata.lighting if config.delight is not False else None
     tolerance = _depth_tolerance(cameras, prior.metadata.image_size)
-    texture = painted_texture(layout, views, config, lighting, tolerance, progress)
+    texture = painted_texture(layout, views, config, lighting, tolerance, prior.metadata.scene_bound, progress)
     cancel.raise_if_cancelled()
     colour_error = view_fidelity(layout.vertices, layout.faces, layout.uvs, texture, views, lighting=lighting)
     # Lit as the prior's views were; unlit when the texture carries that lighting already.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..cameras import Camera
-from ..colour import ColourConfig
+from ..colour import ColourConfig, FlattenConfig
 from ..config import check_choice, check_number
 from ..meshes import MeshError, MeshInput, frame_normalisation, validate_mesh
 from ..occupancy import SketchLoss, SketchOccupancy
@@ -59,7 +59,7 @@ class SketchConfig(FieldTaskConfig):
 
     surface: SurfaceConfig = SKETCH_SURFACE
     # No hull to feed: the colour stage as Sketch-Shape was measured with (docs/tuning.md).
-    colour: ColourConfig = ColourConfig(view_rings=2, flatten_iterations=0)
+    colour: ColourConfig = ColourConfig(view_rings=2, flatten=FlattenConfig(iterations=0))
     sketch: SketchShapeConfig = SketchShapeConfig()
     # The sketch's largest half-extent in the prior's frame: about the size the prior draws things.
     frame_half_extent: float = 0.45
