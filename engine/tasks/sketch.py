@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..cameras import Camera
-from ..colour import ColourConfig, FlattenConfig
+from ..colour import ColourConfig
 from ..config import check_choice, check_number
 from ..meshes import MeshError, MeshInput, frame_normalisation, validate_mesh
 from ..occupancy import SketchLoss, SketchOccupancy
@@ -58,8 +58,8 @@ class SketchConfig(FieldTaskConfig):
     """Text-to-3D's groups, the sketch's own, and a surface stage that keeps the sketch's outline."""
 
     surface: SurfaceConfig = SKETCH_SURFACE
-    # No hull to feed: the colour stage as Sketch-Shape was measured with (docs/tuning.md).
-    colour: ColourConfig = ColourConfig(view_rings=2, flatten=FlattenConfig(iterations=0))
+    # No hull to feed, so two rings of colour views are enough.
+    colour: ColourConfig = ColourConfig(view_rings=2)
     sketch: SketchShapeConfig = SketchShapeConfig()
     # The sketch's largest half-extent in the prior's frame: about the size the prior draws things.
     frame_half_extent: float = 0.45
