@@ -23,7 +23,8 @@ Config = TypeVar("Config")
 DEVICES = ("cpu", "cuda")
 # The command-line option that sets each config setting, for error messages.
 OPTIONS = {"seed": "--seed", "negative_prompt": "--negative", "steps": "--steps",
-           "guidance.method": "--method", "guidance.guidance_scale": "--guidance", "strict_prompt": "--strict"}
+           "guidance.method": "--method", "guidance.guidance_scale": "--guidance", "strict_prompt": "--strict",
+           "colour.delight": "--shaded"}
 # Leading words left out of a file name made from the prompt: "a red cube" -> red_cube.glb.
 ARTICLES = ("a", "an", "the")
 MAX_NAME_CHARS = 60
@@ -54,6 +55,8 @@ def add_common_options(command: argparse.ArgumentParser, task: Task) -> None:
     command.add_argument("--negative", default="", help="negative prompt")
     command.add_argument("--strict", action="store_true", help="refuse a prompt with words the prior does not "
                          "know (default: warn, name them and run)")
+    command.add_argument("--shaded", action="store_true", help="keep the prior's shading in the texture "
+                         "(default: an albedo texture, the prior's light divided out, when the prior knows it)")
     command.add_argument("--method", default="sds", help=f"score estimator: {' or '.join(METHODS)} (default sds)")
     command.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     command.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
@@ -143,7 +146,8 @@ def task_config(parser: argparse.ArgumentParser, args: argparse.Namespace, task:
     argument, named by its option."""
     config = config_or_exit(parser, lambda: task.config(args.preset))
     settings = {"seed": args.seed, "negative_prompt": args.negative, "guidance.method": args.method,
-                "steps": args.steps, "guidance.guidance_scale": args.guidance, "strict_prompt": args.strict}
+                "steps": args.steps, "guidance.guidance_scale": args.guidance, "strict_prompt": args.strict,
+                "colour.delight": False if args.shaded else None}
     for key, value in settings.items():
         if value is None:
             continue

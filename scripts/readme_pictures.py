@@ -8,8 +8,8 @@ writes, each a small PNG:
   high) makes, seen from the front right and the back left (the engine's turntable cameras).
 * ``paint_before_after.png``: Latent-Paint's bench case, the Primitive World house mesh before and
   after ``paint`` with "a green house".
-* ``sketch_before_after.png``: Sketch-Shape's bench case, a box before and after ``sketch`` with
-  "a red house".
+* ``sketch_before_after.png``: Sketch-Shape's first bench case, the house's bounding box before and
+  after ``sketch`` with "a green house".
 * ``blender_cycles_render.png``: the first prompt's standard prop, stored the way the server stores a
   result, imported by the add-on's importer and rendered with Cycles on the CPU by
   ``scripts/blender_render_prop.py`` in the Blender environment (``python -m scripts.blender_venv``).
@@ -94,13 +94,11 @@ def camera_light(camera) -> Lighting:
     return Lighting(tuple(direction.tolist()), CAMERA_LIGHT_AMBIENT, 1.0 - CAMERA_LIGHT_AMBIENT)
 
 
-def tiles_of(mesh: TexturedMesh, cameras, lit: bool) -> list[np.ndarray]:
-    """``mesh`` from each camera on white; ``lit`` shades an albedo texture with a light by the camera.
-
-    Latent-Paint's textures carry the prior's shading already, so they are shown unlit.
-    """
+def tiles_of(mesh: TexturedMesh, cameras) -> list[np.ndarray]:
+    """``mesh`` from each camera on white, its albedo texture lit by a light by the camera (every
+    task's texture is albedo on the embedded prior, which knows its light)."""
     return [render_textured(mesh.vertices, mesh.faces, mesh.uvs, mesh.texture, camera, TILE_PX, TILE_PX,
-                            shading=camera_light(camera) if lit else False, ssaa=2)[0] for camera in cameras]
+                            shading=camera_light(camera), ssaa=2)[0] for camera in cameras]
 
 
 def two_views(vertices: np.ndarray):
@@ -166,20 +164,18 @@ def presets_grid(prior, prompts: list[str], presets: list[str], steps: int | Non
         for preset in presets:
             result = timed_run("generate", prompt, prior, preset, steps)
             results[prompt, preset] = result
-            cells.append(tiles_of(result.mesh, two_views(result.mesh.vertices), lit=True))
+            cells.append(tiles_of(result.mesh, two_views(result.mesh.vertices)))
         rows.append(Row(prompt, cells))
     labels = [f"{preset}: {steps or preset_config('generate', preset).steps} steps" for preset in presets]
     save_small_png(grid_picture(labels, rows), out / PRESETS_GRID)
     return results
 
 
-def before_after(task: str, mesh: MeshInput, prompt: str, prior, steps: int | None, lit_after: bool,
-                 path: Path) -> None:
+def before_after(task: str, mesh: MeshInput, prompt: str, prior, steps: int | None, path: Path) -> None:
     """The mesh before and after ``task`` with ``prompt``, seen by the same two cameras."""
     result = timed_run(task, prompt, prior, "standard", steps, mesh)
     cameras = two_views(np.asarray(mesh.vertices))
-    row = Row(f'"{prompt}"', [tiles_of(untextured(mesh), cameras, lit=True),
-                              tiles_of(result.mesh, cameras, lit=lit_after)])
+    row = Row(f'"{prompt}"', [tiles_of(untextured(mesh), cameras), tiles_of(result.mesh, cameras)])
     save_small_png(grid_picture(["your mesh", f"after {task} (standard preset)"], [row]), path)
 
 
@@ -188,14 +184,14 @@ def paint_picture(prior, steps: int | None, out: Path) -> None:
     case = PAINT_CASES["house"]
     shape = contract_mesh(case["shape"], case["subdivisions"])
     mesh = MeshInput(np.asarray(shape.vertices, dtype=np.float64), np.asarray(shape.faces, dtype=np.int64))
-    before_after("paint", mesh, case["prompt"], prior, steps, lit_after=False, path=out / PAINT_BEFORE_AFTER)
+    before_after("paint", mesh, case["prompt"], prior, steps, path=out / PAINT_BEFORE_AFTER)
 
 
 def sketch_picture(prior, steps: int | None, out: Path) -> None:
     """Sketch-Shape's box-as-house case from the benchmark (bench/sketch_quality.py)."""
     case = sketch_cases()[0]
     mesh = MeshInput(np.asarray(case["mesh"].vertices, dtype=np.float64), np.asarray(case["mesh"].faces))
-    before_after("sketch", mesh, case["prompt"], prior, steps, lit_after=True, path=out / SKETCH_BEFORE_AFTER)
+    before_after("sketch", mesh, case["prompt"], prior, steps, path=out / SKETCH_BEFORE_AFTER)
 
 
 def blender_picture(result, prompt: str, out: Path) -> None:

@@ -31,7 +31,7 @@ CONFIG_SETTINGS = {
     "steps": "steps", "seed": "seed", "negative_prompt": "negative_prompt",
     "grid_resolution": "field.grid_resolution", "mesh_resolution": "surface.mesh_resolution",
     "texture_size": "colour.texture_size", "method": "guidance.method", "guidance_scale": "guidance.guidance_scale",
-    "strict": "strict_prompt",
+    "strict": "strict_prompt", "albedo": "colour.delight",
 }
 # How a MeshError's message names the input array it is about ("face indices ..." is faces).
 MESH_FIELD_WORDS = re.compile(r"\b(uvs|faces?|vertices)\b")

@@ -312,6 +312,8 @@ _COMMON_PARAMS = {
     "guidance_scale": Opt(Float(*GUIDANCE_RANGE)),
     "method": Opt(Str(8, choices=METHODS)),
     "texture_size": Opt(Int(*TEXTURE_SIZE_RANGE)),
+    # False keeps the prior's shading in the texture; by default it is albedo when the prior knows its light.
+    "albedo": Opt(Bool()),
     # Cameras the result must look right from: world space for paint and sketch, the prop's own
     # frame (the prop at the origin) for generate.
     "cameras": Opt(ListOf(CAMERA, MAX_CAMERAS)),

@@ -214,7 +214,7 @@ def test_every_command_takes_the_same_options():
     from engine.cli import build_parser
 
     common = ["-o", "x.glb", "--model", "m", "--preset", "draft", "--steps", "3", "--seed", "4", "--guidance", "7",
-              "--negative", "blurry", "--strict", "--method", "sjc", "--device", "cuda", "-v"]
+              "--negative", "blurry", "--strict", "--shaded", "--method", "sjc", "--device", "cuda", "-v"]
     parsed = {command: vars(build_parser().parse_args([command, *mesh, "a red cube", *common]))
               for command, mesh in (("generate", []), ("paint", ["m.obj"]), ("sketch", ["m.obj"]))}
     for command, values in parsed.items():
@@ -222,7 +222,24 @@ def test_every_command_takes_the_same_options():
         assert values.pop("mesh", "m.obj") == "m.obj"
     assert parsed["generate"] == parsed["paint"] == parsed["sketch"] == {
         "prompt": "a red cube", "output": "x.glb", "model": "m", "preset": "draft", "steps": 3, "seed": 4,
-        "guidance": 7.0, "negative": "blurry", "strict": True, "method": "sjc", "device": "cuda", "verbose": True}
+        "guidance": 7.0, "negative": "blurry", "strict": True, "shaded": True, "method": "sjc", "device": "cuda",
+        "verbose": True}
+
+
+@pytest.mark.parametrize("command", ["generate", "paint", "sketch"])
+def test_shaded_keeps_the_priors_shading_and_otherwise_the_texture_is_albedo(command):
+    from engine.cli import build_parser, task_config
+    from engine.tasks import TASKS
+
+    parser = build_parser()
+    mesh = ["m.obj"] if command != "generate" else []
+
+    def delight(*flags):
+        args = parser.parse_args([command, *mesh, "a red cube", *flags])
+        return task_config(parser, args, TASKS[command]).colour.delight
+
+    assert delight("--shaded") is False
+    assert delight() in (True, None)  # None: albedo whenever the prior knows its light (paint)
 
 
 def run_engine(*args):

@@ -61,8 +61,8 @@ def test_each_kind_gets_its_own_presets_with_the_params_on_top(kind, config_type
     assert (config.steps, config.colour.texture_size) == (draft.steps, draft.colour.texture_size)
     assert (config.seed, config.negative_prompt) == (5, "blurry")
     assert (config.guidance.guidance_scale, config.guidance.method) == (7.5, "sjc")
-    sized = prepared(kind, arrays, steps=9, texture_size=640).config
-    assert (sized.steps, sized.colour.texture_size) == (9, 640)
+    sized = prepared(kind, arrays, steps=9, texture_size=640, albedo=False).config
+    assert (sized.steps, sized.colour.texture_size, sized.colour.delight) == (9, 640, False)
     assert job.rig == ()
     assert (job.mesh is None) == (arrays is None)
 
