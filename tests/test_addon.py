@@ -313,7 +313,8 @@ def test_panel_shows_status_progress_cancel_and_the_mode_button(tmp_path):
     assert float(progress["factor"]) == 0.25 and progress["text"] == "optimise 3/12"
     assert _operators(during) == ["dreamsmith.cancel"]
     assert "has words the prior does not know" in _labels(during)  # the server's warning about the job
-    assert ["prop", "strict_prompt"] in [[name, args[1]] for name, args, _ in during if name == "prop"]
+    props = [args[1] for name, args, _ in during if name == "prop"]
+    assert "strict_prompt" in props and "shaded_texture" in props
     idle = seen["idle_texture_mode"]
     assert "Connected to tcp://127.0.0.1:5555: 0 running, 0 queued" in _labels(idle)
     assert "does not know" not in _labels(idle)
@@ -642,6 +643,7 @@ def in_blender_selected_mesh_job(addon, address, operator):
 
     use_server(addon, address)
     set_job("a blue cube")
+    bpy.context.scene.dreamsmith.shaded_texture = operator == "texture_selected"
     select_only("Cube")
     cube = bpy.data.objects["Cube"]
     cube.location = (3.0, -1.0, 0.5)
@@ -706,6 +708,8 @@ def test_texture_and_sketch_selected_on_the_default_cube(operator, kind, dreamsm
     np.testing.assert_allclose(camera["c2w"], seen["camera_matrix"], atol=1e-5)
     # The panel's guidance is 0, the preset's: paint keeps its own scale rather than text-to-3D's 100.
     assert "guidance_scale" not in params
+    # Shaded Texture (ticked for paint here) asks for the prior's shading; unticked, the server's default.
+    assert params.get("albedo", True) is (kind != "paint")
 
 
 def in_blender_prompt_words(addon, address):

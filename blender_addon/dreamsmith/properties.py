@@ -36,6 +36,11 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
         description="Refuse a prompt with words the model does not know; otherwise the job runs and the "
                     "panel names them",
         default=False)
+    shaded_texture: BoolProperty(
+        name="Shaded Texture",
+        description="Keep the model's shading in the texture; otherwise the texture is albedo that "
+                    "Blender lights, whenever the model knows its light",
+        default=False)
     camera_collection: PointerProperty(
         name="Camera Rig", type=bpy.types.Collection,
         description="Send the cameras in this collection; empty sends the scene's active camera")
@@ -51,6 +56,8 @@ class DreamsmithSettings(bpy.types.PropertyGroup):
             params["guidance_scale"] = self.guidance
         if self.strict_prompt:
             params["strict"] = True
+        if self.shaded_texture:
+            params["albedo"] = False
         return params
 
 

@@ -46,6 +46,7 @@ def draw_settings(layout, settings: properties.DreamsmithSettings) -> None:
     column.prop(settings, "seed")
     column.prop(settings, "steps")
     column.prop(settings, "guidance")
+    column.prop(settings, "shaded_texture")
     layout.row().prop(settings, "preset", expand=True)
     layout.prop(settings, "camera_collection")
 
