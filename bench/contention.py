@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--wait-policy", choices=["PASSIVE", "ACTIVE"], help="override the engine's OpenMP policy")
     parser.add_argument("--threads", type=int, help="override the engine's torch thread count")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     result = measure(args.prompt, args.preset, args.seed, args.wait_policy, args.threads)
     print(json.dumps(result, indent=2))

@@ -65,7 +65,9 @@ class ColourConfig:
     # colour the surface, and the masks the surface stage follows.
     foreground_threshold: float = 0.1
     texture_size: int = 1024
-    delight: bool = True  # albedo texture: the prior's known light (PriorMetadata.lighting) divided out
+    # Albedo texture: the prior's light divided out whenever its metadata knows it (None or True);
+    # False keeps the shading the prior paints.
+    delight: bool | None = None
     flatten: FlattenConfig = FlattenConfig()
 
     def __post_init__(self) -> None:
@@ -258,6 +260,12 @@ def flattened(points: np.ndarray, colours: np.ndarray, cell: float, iterations: 
     candidates = means[nearest]
     choice = np.abs(candidates - colours[:, None]).max(axis=-1).argmin(axis=1)
     return candidates[np.arange(len(points)), choice]
+
+
+def light_to_divide_out(prior: Prior, delight: bool | None) -> Lighting | None:
+    """The light a texture is divided by (a colour stage's ``delight``): the prior's known light
+    unless ``delight`` is False; None when there is nothing to divide out."""
+    return prior.metadata.lighting if delight is not False else None
 
 
 def albedo(colours: np.ndarray, normals: np.ndarray, lighting: Lighting | None) -> np.ndarray:

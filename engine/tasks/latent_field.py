@@ -24,6 +24,7 @@ from ..colour import (
     albedo,
     backproject,
     decode_views,
+    light_to_divide_out,
     view_fidelity,
 )
 from ..config import TaskConfig
@@ -194,7 +195,7 @@ def textured_mesh(run: FieldOptimisation, on_progress: ProgressCallback | None, 
     cancel.raise_if_cancelled()
 
     started = time.perf_counter()
-    lighting = prior.metadata.lighting if config.colour.delight else None
+    lighting = light_to_divide_out(prior, config.colour.delight)
     texture = baked_albedo(vertices, faces, uvs, views, config.colour, lighting, 2.0 * run.field.voxel_size,
                                      run.field.bound, cancel)
     cancel.raise_if_cancelled()

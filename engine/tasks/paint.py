@@ -23,7 +23,15 @@ import torch
 import trimesh
 
 from ..cameras import Camera, ViewSampler
-from ..colour import DecodedView, FlattenConfig, albedo, backproject, inside_colours, view_fidelity
+from ..colour import (
+    DecodedView,
+    FlattenConfig,
+    albedo,
+    backproject,
+    inside_colours,
+    light_to_divide_out,
+    view_fidelity,
+)
 from ..config import TEXTURE_SIZE_RANGE, TaskConfig, check_int, check_number
 from ..export import TexturedMesh, bake_texture, unwrap
 from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
@@ -89,8 +97,7 @@ class PaintColourConfig:
     # Decoded pixels this close to a view's silhouette mix in the background (VAE blur); they are
     # replaced by the nearest pixel further inside before back-projection.
     edge_px: int = 2
-    # Divide the prior's light out of the baked colours (an albedo texture that Blender lights).
-    # None: whenever the prior's metadata knows its light, as text-to-3D does; False keeps the shading.
+    # An albedo texture that Blender lights, as text-to-3D's (engine.colour.light_to_divide_out).
     delight: bool | None = None
     # An albedo texture's noise flattened on the surface; a shaded one is left as it is, since the
     # filter would take its shading gradient for noise.
@@ -336,7 +343,7 @@ def colour_stage(run: LatentPaint, on_progress: ProgressCallback | None,
     cameras = colour_cameras(prior, config.view_azimuths, run.views.rig)
     progress = ColourProgress(len(cameras), float(run.final_loss), on_progress, cancel)
     views = run.decode_views(cameras, on_batch=progress)
-    lighting = prior.metadata.lighting if config.delight is not False else None
+    lighting = light_to_divide_out(prior, config.delight)
     tolerance = _depth_tolerance(cameras, prior.metadata.image_size)
     texture = painted_texture(layout, views, config, lighting, tolerance, prior.metadata.scene_bound, progress)
     cancel.raise_if_cancelled()
