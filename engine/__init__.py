@@ -17,7 +17,7 @@ from .export import TexturedMesh
 from .guidance import GuidanceConfig
 from .meshes import MeshError, MeshInput, load_mesh, validate_mesh
 from .outputs import write_outputs
-from .prior import Prior, PriorError, PriorMetadata, load_prior
+from .prior import Prior, PriorError, PriorMetadata, PromptReader, load_prior, load_prompt_reader
 from .progress import Cancelled, CancelToken, Progress
 from .prompts import PromptError
 from .tasks import TASKS, preset_config
@@ -27,7 +27,8 @@ from .tasks.sketch import SketchConfig, sketch
 
 __all__ = [
     "Camera", "CameraConvention", "orbit_camera", "TexturedMesh", "write_outputs", "GuidanceConfig",
-    "Prior", "PriorError", "PriorMetadata", "load_prior", "CancelToken", "Cancelled", "Progress", "PromptError",
+    "Prior", "PriorError", "PriorMetadata", "PromptReader", "load_prior", "load_prompt_reader",
+    "CancelToken", "Cancelled", "Progress", "PromptError",
     "MeshError", "MeshInput", "load_mesh", "validate_mesh",
     "GenerateConfig", "GenerateResult", "generate", "PaintConfig", "PaintResult", "paint",
     "SketchConfig", "sketch", "TASKS", "preset_config",

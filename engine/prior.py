@@ -99,38 +99,13 @@ def _frozen(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
     return module.eval().requires_grad_(False)
 
 
-class Prior:
-    """A frozen latent diffusion model: U-Net, VAE, text encoder, tokenizer and noise schedule."""
+class PromptReader:
+    """A prior's tokenizer and what it says about prompts: all that checking a prompt needs, so a
+    process that only checks them (the Ray backend's front) loads no network."""
 
-    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, metadata: PriorMetadata,
-                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None, cuda_graphs: bool = False):
-        self.device = torch.device(device)
-        self.dtype = dtype or default_dtype(self.device)
-        self.unet, self.vae, self.text_encoder = (
-            _frozen(module, self.device, self.dtype) for module in (unet, vae, text_encoder))
-        if self.device.type == "cuda":
-            # cuDNN's fp16 convolutions run channels-last; NCHW weights cost a layout conversion per call.
-            self.unet = self.unet.to(memory_format=torch.channels_last)
-            if cuda_graphs:
-                from .cuda_graphs import GraphedUNet
-
-                self.unet = GraphedUNet(self.unet)
-        elif cuda_graphs:
-            raise PriorError("CUDA graphs need a CUDA device")
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.scheduler = scheduler
-        self.metadata = metadata
-        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise PriorError(f"unsupported prediction_type {self.prediction_type!r} in the scheduler config; "
-                             "expected 'epsilon' or 'v_prediction'")
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
-        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
-        self.latent_channels = int(vae.config.latent_channels)
-        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
-        self._embedding_cache: dict[str, torch.Tensor] = {}
 
-    # ----------------------------------------------------------------- text
     @property
     def max_prompt_tokens(self) -> int:
         return int(self.tokenizer.model_max_length)
@@ -181,6 +156,38 @@ class Prior:
 
     def prompt_token_count(self, prompt: str) -> int:
         return len(self.tokenizer(self.normalise_prompt(prompt), truncation=False).input_ids)
+
+
+class Prior(PromptReader):
+    """A frozen latent diffusion model: U-Net, VAE, text encoder, tokenizer and noise schedule."""
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, metadata: PriorMetadata,
+                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None, cuda_graphs: bool = False):
+        self.device = torch.device(device)
+        self.dtype = dtype or default_dtype(self.device)
+        self.unet, self.vae, self.text_encoder = (
+            _frozen(module, self.device, self.dtype) for module in (unet, vae, text_encoder))
+        if self.device.type == "cuda":
+            # cuDNN's fp16 convolutions run channels-last; NCHW weights cost a layout conversion per call.
+            self.unet = self.unet.to(memory_format=torch.channels_last)
+            if cuda_graphs:
+                from .cuda_graphs import GraphedUNet
+
+                self.unet = GraphedUNet(self.unet)
+        elif cuda_graphs:
+            raise PriorError("CUDA graphs need a CUDA device")
+        super().__init__(tokenizer)
+        self.scheduler = scheduler
+        self.metadata = metadata
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise PriorError(f"unsupported prediction_type {self.prediction_type!r} in the scheduler config; "
+                             "expected 'epsilon' or 'v_prediction'")
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.latent_channels = int(vae.config.latent_channels)
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self._embedding_cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -308,6 +315,38 @@ def read_metadata(path: Path, latent_size: int | None = None, image_size: int | 
     return PriorMetadata(name=path.name)
 
 
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    return AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+
+
+def load_prompt_reader(model: str | os.PathLike | None = None) -> PromptReader:
+    """Load only a prior's tokenizer, to check prompts without the networks' memory (gigabytes for a
+    Stable Diffusion checkpoint); nothing is downloaded.
+
+    Args:
+        model: as for ``load_prior``.
+
+    Raises:
+        PriorError: no model at ``model``, or no usable tokenizer in it.
+    """
+    path = _resolve(model)
+    if not (path / "tokenizer").is_dir():
+        raise PriorError(f"{path} is not a Stable Diffusion diffusers folder: missing tokenizer/. " + HOW_TO_OBTAIN)
+    try:
+        return PromptReader(_load_tokenizer(path))
+    except Exception as error:
+        raise PriorError(f"could not load the tokenizer at {path / 'tokenizer'}: {_first_line(error)}. "
+                         + HOW_TO_OBTAIN) from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def load_prior(model: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None, cuda_graphs: bool = False) -> Prior:
     """Load a prior from disk; nothing is downloaded.
@@ -326,7 +365,7 @@ def load_prior(model: str | os.PathLike | None = None, device: str | torch.devic
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
-    from transformers import AutoTokenizer, CLIPTextModel
+    from transformers import CLIPTextModel
     from transformers.utils import logging as transformers_logging
 
     path = _resolve(model)
@@ -342,11 +381,10 @@ def load_prior(model: str | os.PathLike | None = None, device: str | torch.devic
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype,
                                                      local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+        tokenizer = _load_tokenizer(path)
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PriorError(f"could not load the prior at {path}: {reason}. Its weights look broken or "
+        raise PriorError(f"could not load the prior at {path}: {_first_line(error)}. Its weights look broken or "
                          f"incomplete. " + HOW_TO_OBTAIN) from None
     sample_size = unet.config.sample_size
     latent_size = sample_size if isinstance(sample_size, int) else None

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from .cameras import Camera, view_label
-from .prior import WORD, Prior
+from .prior import WORD, Prior, PromptReader
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,14 @@ class PromptError(ValueError):
         self.field = field
 
 
-def check_words(prior: Prior, prompt: str, negative: str = "", strict: bool = False) -> list[str]:
+def check_words(prior: PromptReader, prompt: str, negative: str = "", strict: bool = False) -> list[str]:
     """What to tell the user about words the prior's tokenizer does not know (it reads each as
     [UNK], so "a wooden chair" would run as "a [UNK] [UNK]"): one message per prompt that has any,
     naming them and listing the words the prior knows. Nothing for a subword tokenizer (Stable
     Diffusion's), which knows every word.
 
     Args:
-        prior: the prior whose tokenizer reads the prompts.
+        prior: the prior (or its ``PromptReader``) whose tokenizer reads the prompts.
         prompt: the prompt as the user wrote it.
         negative: the negative prompt.
         strict: refuse instead of warning.
@@ -59,7 +59,7 @@ def check_words(prior: Prior, prompt: str, negative: str = "", strict: bool = Fa
     return messages
 
 
-def _known_words(prior: Prior) -> str:
+def _known_words(prior: PromptReader) -> str:
     words = [token for token in prior.vocabulary if WORD.fullmatch(token)]  # not its punctuation
     more = len(words) - KNOWN_WORDS_LISTED
     return ", ".join(words[:KNOWN_WORDS_LISTED]) + (f" and {more} more" if more > 0 else "")

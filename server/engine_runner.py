@@ -83,7 +83,8 @@ class EngineRunner:
     thread) share each step's U-Net forward.
 
     Args:
-        prior: the loaded prior, or None for a runner that only prepares jobs (tests).
+        prior: the loaded prior; for a runner that only prepares jobs, its ``PromptReader``
+            (the Ray backend's front) or None (tests: no prompt is checked).
         jobs: how many jobs the server runs at once.
     """
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from engine import PriorError, load_prior
+from engine import PriorError, load_prompt_reader
 from engine.progress import Cancelled, CancelToken, Progress
 
 from .engine_runner import EngineRunner, load_runner
@@ -357,7 +357,8 @@ class RayRunner:
     in the pool's actors.
 
     Args:
-        front: a runner on the front's own copy of the prior: it prepares (validates) jobs, runs none.
+        front: a runner on the prior's tokenizer alone (``front_runner``): it prepares (validates)
+            jobs, runs none.
         pool: the actors.
     """
 
@@ -458,10 +459,10 @@ def actor_count(jobs: int | None, spec: ActorSpec, resources: dict) -> int:
 
 
 def front_runner(model: str | None) -> EngineRunner:
-    """The front's copy of the prior, on its CPU: it checks prompts at submission (the tokenizer's
-    words) and runs no job."""
+    """The front's runner: it checks prompts at submission with the prior's tokenizer alone (no
+    network is loaded on the front) and runs no job."""
     try:
-        return EngineRunner(load_prior(model, device="cpu"))
+        return EngineRunner(load_prompt_reader(model))
     except PriorError as error:
         raise StartupError(str(error)) from None
 

@@ -14,10 +14,13 @@ from engine import (
     MeshInput,
     PaintConfig,
     Prior,
+    PriorError,
     PromptError,
+    PromptReader,
     SketchConfig,
     generate,
     load_prior,
+    load_prompt_reader,
     paint,
     sketch,
 )
@@ -46,6 +49,26 @@ def test_case_and_punctuation_are_normalised_before_tokenising(embedded):
     suffixed = "a red cube, front view"
     assert embedded.tokenizer(embedded.normalise_prompt(suffixed)).input_ids == embedded.tokenizer(suffixed).input_ids
     assert embedded.unknown_words("RED Cube!! (a red-cube)") == []
+
+
+def test_a_prompt_reader_loads_the_tokenizer_alone_and_reads_prompts_as_its_prior_does(embedded):
+    reader = load_prompt_reader()
+    assert type(reader) is PromptReader and not hasattr(reader, "unet")
+    assert reader.vocabulary == embedded.vocabulary
+    assert reader.max_prompt_tokens == embedded.max_prompt_tokens
+    for prompt in ("A big red cube.", "a wooden chair", "a red cube, front view"):
+        assert reader.normalise_prompt(prompt) == embedded.normalise_prompt(prompt)
+        assert check_words(reader, prompt) == check_words(embedded, prompt)
+    with pytest.raises(PromptError, match="wooden"):
+        check_words(reader, "a wooden chair", strict=True)
+
+
+def test_a_folder_without_a_tokenizer_is_one_prior_error_naming_it(tmp_path):
+    with pytest.raises(PriorError, match="missing tokenizer/"):
+        load_prompt_reader(tmp_path)
+    (tmp_path / "tokenizer").mkdir()
+    with pytest.raises(PriorError, match="could not load the tokenizer at"):
+        load_prompt_reader(tmp_path)
 
 
 def test_an_unknown_word_is_a_warning_that_names_it_and_lists_the_known_words(tiny, caplog):

@@ -265,6 +265,19 @@ def test_the_default_local_backend_never_imports_ray():
 
 
 @requires_ray
+def test_the_ray_front_checks_prompts_with_the_tokenizer_alone_and_loads_no_network():
+    from engine import Prior, PromptReader
+    from server.protocol import ProtocolError
+    from server.ray_backend import front_runner
+
+    front = front_runner(None)
+    assert isinstance(front.prior, PromptReader) and not isinstance(front.prior, Prior)
+    with pytest.raises(ProtocolError, match="params.prompt: .*wooden"):
+        front.prepare("generate", {"prompt": "a wooden cube", "strict": True}, {})
+    assert front.prepare("generate", {"prompt": "a red cube"}, {}).warnings == ()
+
+
+@requires_ray
 def test_a_closed_port_is_refused_at_once_by_the_head_probe():
     from server.ray_backend import probe_head
 
