@@ -128,3 +128,14 @@ def test_the_sd_presets_whole_pipeline_runs_on_64x64_latents_with_an_8x_vae():
     assert result.preview.shape == (512, 512, 3)
     assert result.mesh.texture.shape == (512, 512, 3) and len(result.mesh.faces) > 100
     assert [e.phase for e in events][-2:] == ["mesh", "colour"]
+
+
+@pytest.mark.parametrize("method, elevations", [("hull", [0.0, 15.0, 30.0, 45.0]),
+                                                ("density", [5.62, 16.88, 28.12, 39.38])])
+def test_a_hull_is_cut_from_views_at_the_ends_of_the_priors_elevation_range(tiny, method, elevations):
+    from engine.tasks.latent_field import FieldOptimisation, colour_views
+
+    config = small_config({"surface.method": method, "colour.view_rings": 4})
+    run = FieldOptimisation("a red cube", tiny, config, torch.Generator().manual_seed(0))
+    views = colour_views(run, CancelToken())
+    assert sorted({round(view.camera.elevation_deg, 2) for view in views}) == elevations  # tiny's range: 0-45

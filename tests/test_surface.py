@@ -1,6 +1,7 @@
 """The surface stage: the visual hull of the decoded views, and Taubin smoothing of the mesh."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from engine.colour import DecodedView
 from engine.occupancy import lattice, winding_numbers
 from engine.raster import render_silhouette
 from engine.surface import SurfaceConfig, hull, hull_agreement, hull_surface, taubin_smoothed
+from engine.tasks.common import colour_cameras
+from engine.testing import tiny_metadata
 from primitive_world.meshes import contract_mesh
 
 BOUND = 0.75
@@ -19,13 +22,17 @@ IMAGE = 64
 
 def views_of(mesh: trimesh.Trimesh, elevations=(6.25, 18.75, 31.25, 43.75), azimuths: int = 8) -> list[DecodedView]:
     """Decoded views as a prior that draws ``mesh`` exactly would give them: red object, white ground."""
+    cameras = [orbit_camera(360.0 * k / azimuths, elevation, 2.2, 40.0)
+               for elevation in elevations for k in range(azimuths)]
+    return views_from(mesh, cameras)
+
+
+def views_from(mesh: trimesh.Trimesh, cameras) -> list[DecodedView]:
     views = []
-    for elevation in elevations:
-        for k in range(azimuths):
-            camera = orbit_camera(360.0 * k / azimuths, elevation, 2.2, 40.0)
-            cover = render_silhouette(np.asarray(mesh.vertices), np.asarray(mesh.faces), camera, IMAGE, IMAGE, ssaa=4)
-            image = np.ones((IMAGE, IMAGE, 3)) - cover[..., None] * np.array([0.2, 0.9, 0.9])
-            views.append(DecodedView(camera, image, cover))
+    for camera in cameras:
+        cover = render_silhouette(np.asarray(mesh.vertices), np.asarray(mesh.faces), camera, IMAGE, IMAGE, ssaa=4)
+        image = np.ones((IMAGE, IMAGE, 3)) - cover[..., None] * np.array([0.2, 0.9, 0.9])
+        views.append(DecodedView(camera, image, cover))
     return views
 
 
@@ -48,6 +55,20 @@ def test_the_hull_of_views_of_a_sphere_lies_on_the_sphere():
     radius = np.linalg.norm(vertices, axis=1)
     # The hull is a little larger than the object between views, never smaller.
     assert abs(np.median(radius) - 0.45) < 0.02 and radius.min() > 0.40
+
+
+def test_the_hulls_views_span_the_elevation_range_so_a_flat_base_is_bounded_from_below():
+    # The contract's camera range, 0-50 degrees: nothing looks at the cone's base from below, so the
+    # hull bulges beneath it; the lowest ring at the range's end bounds that bulge closest.
+    prior = SimpleNamespace(metadata=dataclasses.replace(tiny_metadata(), camera=dataclasses.replace(
+        tiny_metadata().camera, distance=(2.2, 2.2), fov_y_deg=(40.0, 40.0), elevation_deg=(0.0, 50.0))))
+    inner, ends = (colour_cameras(prior, 8, rings=4, range_ends=flag) for flag in (False, True))
+    assert sorted({round(camera.elevation_deg, 2) for camera in ends}) == [0.0, 16.67, 33.33, 50.0]
+    assert sorted({round(camera.elevation_deg, 2) for camera in inner}) == [6.25, 18.75, 31.25, 43.75]
+    cone = contract_mesh("cone")  # base at z = -0.40
+    bottoms = [hull_surface(hull(BOUND, views_from(cone, cameras), SurfaceConfig(), 0.1), BOUND, 1.0)[0][:, 2].min()
+               for cameras in (inner, ends)]
+    assert bottoms[0] < -0.53 and bottoms[1] > -0.52, bottoms
 
 
 def test_one_view_that_drew_the_object_thinner_does_not_cut_the_hull_within_the_tolerance():

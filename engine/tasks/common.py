@@ -90,9 +90,15 @@ def plain_background(prior: Prior) -> EnvironmentBackground:
     return EnvironmentBackground(prior.latent_channels, init=init).to(prior.device)
 
 
-def colour_cameras(prior: Prior, azimuths: int, rig: Sequence[Camera] = (), rings: int = 2) -> list[Camera]:
+def colour_cameras(prior: Prior, azimuths: int, rig: Sequence[Camera] = (), rings: int = 2,
+                   range_ends: bool = False) -> list[Camera]:
     """Views decoded for the colour stage: the rig, then ``rings`` rings of ``azimuths`` cameras at
-    elevations evenly inside the prior's range."""
+    elevations evenly inside the prior's range, or from its lowest to its highest with ``range_ends``
+    (a visual hull's views: only the lowest ring bounds the object's hidden underside, and the
+    highest sees furthest into holes)."""
     low, high = prior.metadata.camera.elevation_deg
-    elevations = [low + (k + 0.5) / rings * (high - low) for k in range(rings)]
+    if range_ends and rings > 1:
+        elevations = [low + k / (rings - 1) * (high - low) for k in range(rings)]
+    else:
+        elevations = [low + (k + 0.5) / rings * (high - low) for k in range(rings)]
     return list(rig) + prior.metadata.camera.ring(azimuths, elevations)

@@ -157,7 +157,8 @@ def colour_views(run: FieldOptimisation, cancel: CancelToken) -> list[DecodedVie
     def refine(latents: torch.Tensor, cameras: list[Camera]) -> torch.Tensor:
         return refine_latents(prior, latents, cameras, run.prompts, colour.refine, refine_generator)
 
-    cameras = colour_cameras(prior, colour.view_azimuths, run.views.rig, colour.view_rings)
+    cameras = colour_cameras(prior, colour.view_azimuths, run.views.rig, colour.view_rings,
+                             range_ends=run.config.surface.method == "hull")
     return decode_views(prior, run.field, run.background, cameras, run.config.field.samples_per_ray,
                         on_batch=cancel.raise_if_cancelled, refine=refine)
 
