@@ -212,7 +212,9 @@ class Client:
         """Until the job ends; returns its final state (a map with ``state`` and ``error``).
 
         ``on_event`` sees each of the job's state, progress and preview events. A job that stays silent
-        for CHECK_EVERY_S is re-attached, which also catches an end whose event was lost.
+        for CHECK_EVERY_S is re-attached, which also catches an end whose event was lost. That check
+        waits up to CHECK_EVERY_S for its reply, however short the client's timeout: a server busy in
+        a silent stage (xatlas holds Python's GIL for a second or more) is slow, not gone.
         """
         deadline = time.monotonic() + timeout
         heard = time.monotonic()
@@ -227,7 +229,7 @@ class Client:
             if now >= deadline:
                 raise ServerTimeout(f"job {job_id} did not finish within {timeout:.0f} s")
             if now - heard >= CHECK_EVERY_S:
-                status = self.attach(job_id)
+                status = self.attach(job_id, timeout=max(self.timeout, CHECK_EVERY_S))
                 if status["state"] in State.TERMINAL:
                     return status
                 heard = now

@@ -1,9 +1,13 @@
 """Four clients on one server: queue limits, cancels, and no client ever sees or touches another's jobs."""
 
+import threading
 import time
 
 import pytest
+import zmq
 
+from server import client as client_module
+from server import protocol
 from server.client import Client, NoServer, ServerError, ServerTimeout, no_server_message
 from server.protocol import DEFAULT_ADDRESS, Code, Msg, State
 from server.testing import FAST_JOB, LONG_JOB, free_port
@@ -75,3 +79,44 @@ def test_a_client_with_no_server_at_its_address_says_so_and_how_to_start_one():
                                  f"start one with: python -m server --bind {address}")
     assert no_server_message(DEFAULT_ADDRESS, 10.0) == (
         "no Dreamsmith server answered at tcp://127.0.0.1:5555 within 10 s; start one with: python -m server")
+
+
+LIMITS = {"server": "fake", "identity": "fake", "kinds": ["generate"], "max_message_bytes": 1 << 20,
+          "max_header_bytes": 1 << 16, "max_frames": 8, "max_queued": 8, "max_per_client": 8,
+          "max_vertices": 1000, "max_faces": 1000}
+
+
+def slow_attach_server(address: str, delay_s: float, stop: threading.Event) -> None:
+    """A server that answers hello at once and attach only after ``delay_s``: one busy in a silent stage."""
+    with zmq.Context() as context, context.socket(zmq.ROUTER) as socket:
+        socket.bind(address)
+        while not stop.is_set():
+            if not socket.poll(50):
+                continue
+            identity, header_frame, *_ = socket.recv_multipart()
+            header = protocol.unpack_header(header_frame)
+            if header["type"] == Msg.HELLO:
+                reply = protocol.encode(Msg.LIMITS, header["id"], **LIMITS)
+            else:
+                time.sleep(delay_s)
+                reply = protocol.encode(Msg.JOB_STATUS, header["id"], job_id=header["job_id"], kind="generate",
+                                        state=State.DONE, position=None, error=None, created=1.0, started=1.0,
+                                        finished=2.0, cancel_requested=False)
+            socket.send_multipart([identity, *reply])
+
+
+def test_a_silent_job_on_a_server_slower_than_the_reply_timeout_is_waited_for_not_failed(monkeypatch):
+    monkeypatch.setattr(client_module, "CHECK_EVERY_S", 1.0)
+    address, stop = f"tcp://127.0.0.1:{free_port()}", threading.Event()
+    server = threading.Thread(target=slow_attach_server, args=(address, 0.6, stop), daemon=True)
+    server.start()
+    try:
+        with Client(address, timeout=0.2) as client:
+            client.hello()
+            final = client.wait("0" * 32, timeout=10.0)  # silent: re-attached after CHECK_EVERY_S
+        assert final["state"] == State.DONE
+        with Client(address, timeout=0.2) as client, pytest.raises(ServerTimeout):
+            client.attach("0" * 32)  # a plain request keeps the client's own timeout
+    finally:
+        stop.set()
+        server.join(timeout=5)
