@@ -1,14 +1,19 @@
 """Turns the benchmark's results dict (``bench/run.py``) into targets, ``REPORT.md`` and PNG plots.
 
-Kept apart from the measurements so the report can be rewritten from a saved ``results.json``::
+Kept apart from the measurements so the report can be rewritten from a saved ``results.json``, or
+written from runs that each measured some of the sections (``--skip`` the others), e.g. side by side::
 
     python -m bench.report out/bench/quick/results.json
+    python -m bench.report --merge OUT_DIR PART/results.json PART/results.json ...
 """
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -57,6 +62,7 @@ TARGETS = [
     ("contention_busy", "A prop beside one busy thread ÷ alone", "<=", 1.8, "ratio"),
 ]
 GOALS = {key: goal for key, _, _, goal, _ in TARGETS}
+SECTIONS = ("quality", "paint", "sketch", "speed", "server", "contention", "ray", "gpu")  # bench/run.py's order
 SERVER_SLOWDOWN_GOAL_PERCENT = 5.0  # bench/server_bench.py's goal under 100 status requests/s
 PHASES = [("optimise_s", "optimisation"), ("colour_s", "colour stage"), ("mesh_s", "mesh + UVs"),
           ("write_s", "file export")]
@@ -911,13 +917,30 @@ def _machine_md(results: dict) -> list[str]:
     return out
 
 
+def _provenance_md(results: dict) -> list[str]:
+    """How the run was made: one command, or the parts ``merge_results`` put together."""
+    cpus, duration = _get(results, "machine", "cpu_count"), _fmt(results.get("duration_s"), "seconds")
+    parts = results.get("parts")
+    if not parts:
+        return [f"Everything below ran on the embedded Primitive World prior in one command, "
+                f"`{results.get('command')}`, on {cpus} CPUs ({duration} in all). All numbers are in `results.json`."]
+    out = [f"Everything below ran on the embedded Primitive World prior on {cpus} CPUs in {len(parts)} processes "
+           f"({duration} from the first start to the last finish), their results merged by "
+           "`python -m bench.report --merge`; together they measure what "
+           f"`{results.get('command')}` measures. All numbers are in `results.json`.", "",
+           _table(["process", "sections", "started", "finished", "wall time"],
+                  [[f"`{p['command']}`", ", ".join(p["sections"]) or "none", p["started"], p["finished"],
+                    _fmt(p.get("duration_s"), "seconds")] for p in parts])]
+    if parts_overlap(parts):
+        out += ["", "Some of the processes ran at the same time, sharing the CPUs: their wall times (time per "
+                    "prop, paint's timing case) are longer than either would take alone."]
+    return out
+
+
 def render_markdown(results: dict, plots: dict[str, str]) -> str:
     settings = results.get("settings") or {}
     mode = results.get("mode", "?")
-    lines = [f"# Dreamsmith benchmark — {mode} mode", "",
-             f"Everything below ran on the embedded Primitive World prior in one command, "
-             f"`{results.get('command')}`, on {_get(results, 'machine', 'cpu_count')} CPUs "
-             f"({_fmt(results.get('duration_s'), 'seconds')} in all). All numbers are in `results.json`."]
+    lines = [f"# Dreamsmith benchmark — {mode} mode", ""] + _provenance_md(results)
     if settings.get("non_standard"):
         lines += ["", "> **Non-standard settings** (development run): "
                       + ", ".join(f"`{k}={v}`" for k, v in settings["non_standard"].items())
@@ -986,6 +1009,85 @@ def write_report(results: dict, out_dir: Path, sheet_size: int = SHEET_TILE) -> 
     return written
 
 
+def merge_results(parts: list[dict]) -> dict:
+    """One run's results from ``parts``, runs of one mode and settings that each measured some sections.
+
+    Each section comes from the one part that measured it; a section measured by two parts, or parts of
+    different modes or settings, raise ``ValueError``. The merged results keep each part's command,
+    times, load and sections under ``parts``; the wall time is from the first start to the last finish.
+
+    Args:
+        parts: ``results.json`` dicts written by ``bench/run.py``.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    comparable = [{k: v for k, v in (p.get("settings") or {}).items() if k != "non_standard"}
+                  | {"mode": p.get("mode"), "non_standard": {k: v for k, v in
+                                                           ((p.get("settings") or {}).get("non_standard") or {}).items()
+                                                           if k != "skip"}} for p in parts]
+    if any(c != comparable[0] for c in comparable[1:]):
+        raise ValueError("the parts ran with different modes or settings; their numbers do not add up to one run")
+    merged = copy.deepcopy(parts[0])
+    for name in SECTIONS:
+        measured = [p for p in parts if _measured(p, name)]
+        if len(measured) > 1:
+            raise ValueError(f"section {name!r} was measured by {len(measured)} parts; --skip it in all but one")
+        if measured:
+            merged[name] = copy.deepcopy(measured[0].get(name))
+            merged["sections"][name] = copy.deepcopy(measured[0]["sections"][name])
+        else:
+            merged[name] = None
+            merged["sections"][name] = {"skipped": True}
+    skipped = [name for name in SECTIONS if merged["sections"][name].get("skipped")]
+    non_standard = merged["settings"].setdefault("non_standard", {})
+    non_standard.pop("skip", None)
+    if skipped:
+        non_standard["skip"] = skipped
+    started = min(parts, key=lambda p: dt.datetime.fromisoformat(p["started"]))
+    finished = max(parts, key=lambda p: dt.datetime.fromisoformat(p["finished"]))
+    merged["started"], merged["finished"] = started["started"], finished["finished"]
+    merged["duration_s"] = (dt.datetime.fromisoformat(merged["finished"])
+                            - dt.datetime.fromisoformat(merged["started"])).total_seconds()
+    merged["cpu_time_s"] = sum(p.get("cpu_time_s") or 0.0 for p in parts)
+    merged["machine"]["load_average_start"] = started["machine"].get("load_average_start")
+    merged["machine"]["load_average_end"] = finished["machine"].get("load_average_end")
+    merged["parts"] = [{"command": p.get("command"), "started": p.get("started"), "finished": p.get("finished"),
+                        "duration_s": p.get("duration_s"),
+                        "sections": [n for n in SECTIONS if _measured(p, n)]} for p in parts]
+    merged["command"] = _command_without_skip(parts[0].get("command") or "python -m bench", skipped)
+    merged["targets"], merged["other_bars"] = evaluate_targets(merged), evaluate_other_bars(merged)
+    return merged
+
+
+def _measured(part: dict, section: str) -> bool:
+    """Whether ``part`` ran ``section`` (a part interrupted before it did not)."""
+    status = _get(part, "sections", section)
+    return status is not None and not status.get("skipped")
+
+
+def _command_without_skip(command: str, skipped: list[str]) -> str:
+    """``command`` with its ``--skip`` list replaced by ``skipped`` (dropped when empty)."""
+    words, kept, in_skip = shlex.split(command), [], False
+    for word in words:
+        if word == "--skip":
+            in_skip = True
+        elif in_skip and not word.startswith("--"):
+            continue
+        else:
+            in_skip = False
+            kept.append(word)
+    if skipped:
+        kept += ["--skip", *skipped]
+    return " ".join(map(shlex.quote, kept))
+
+
+def parts_overlap(parts: list[dict]) -> bool:
+    """Whether any two of the merged ``parts`` ran at the same time (their wall times then overstate)."""
+    spans = sorted((dt.datetime.fromisoformat(p["started"]), dt.datetime.fromisoformat(p["finished"]))
+                   for p in parts if p.get("started") and p.get("finished"))
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
 def console_summary(results: dict) -> str:
     lines = [f"Dreamsmith benchmark ({results.get('mode')} mode, {_fmt(results.get('duration_s'), 'seconds')}):"]
     for t in (results.get("targets") or []) + (results.get("other_bars") or []):
@@ -997,13 +1099,26 @@ def console_summary(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m bench.report RESULTS.json", file=sys.stderr)
+    if len(argv) == 1 and not argv[0].startswith("--"):
+        path = Path(argv[0])
+        results = json.loads(path.read_text())
+        results["targets"], results["other_bars"] = evaluate_targets(results), evaluate_other_bars(results)
+        out_dir = path.parent
+    elif len(argv) >= 3 and argv[0] == "--merge":
+        out_dir = Path(argv[1])
+        try:
+            results = merge_results([json.loads(Path(part).read_text()) for part in argv[2:]])
+        except ValueError as exc:
+            print(f"cannot merge: {exc}", file=sys.stderr)
+            return 2
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"wrote {out_dir / 'results.json'}")
+    else:
+        print("usage: python -m bench.report RESULTS.json\n"
+              "       python -m bench.report --merge OUT_DIR PART/results.json PART/results.json ...", file=sys.stderr)
         return 2
-    path = Path(argv[0])
-    results = json.loads(path.read_text())
-    results["targets"], results["other_bars"] = evaluate_targets(results), evaluate_other_bars(results)
-    for written in write_report(results, path.parent).values():
+    for written in write_report(results, out_dir).values():
         print(f"wrote {written}")
     return 0
 

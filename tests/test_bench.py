@@ -991,3 +991,73 @@ def test_report_draws_the_paint_and_sketch_contact_sheets_with_scaled_sketches_s
     box = next(row for row in shown if row.label.startswith("house-box-1.1"))
     assert np.allclose(box.mesh.vertices.max(axis=0), [0.35, 0.30, 0.45], atol=1e-5)  # judged size, not 1.1x
     assert len(shown) == 9 and "all 4 judged run(s)" in written["report"].read_text()
+
+
+def _part(results: dict, measured: set[str], command: str, started: str, finished: str) -> dict:
+    """``results`` as one process that ran only ``measured`` and skipped the other sections."""
+    part = copy.deepcopy(results)
+    skipped = [name for name in report.SECTIONS if name not in measured]
+    for name in skipped:
+        part[name] = None
+        part["sections"][name] = {"skipped": True}
+    for name in measured:
+        part["sections"].setdefault(name, {"seconds": 1.0})
+    part["settings"]["non_standard"] = {"skip": skipped}
+    part.update(command=f"{command} --skip {' '.join(skipped)}", started=started, finished=finished,
+                duration_s=100.0, cpu_time_s=90.0)
+    return part
+
+
+def test_runs_of_some_sections_each_merge_into_one_report_that_says_how_it_was_run(tmp_path):
+    whole = synthetic_results()
+    quality = _part(whole, {"quality"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00",
+                    "2026-01-01T00:02:00+00:00")
+    beside = _part(whole, {"paint", "sketch"}, "python -m bench --quick", "2026-01-01T00:00:30+00:00",
+                   "2026-01-01T00:01:30+00:00")
+    rest = _part(whole, {"speed", "server", "contention", "gpu"}, "python -m bench --quick",
+                 "2026-01-01T00:03:00+00:00", "2026-01-01T00:04:00+00:00")
+    merged = report.merge_results([quality, beside, rest])
+    for name in ("quality", "paint", "sketch", "speed", "contention"):
+        assert merged[name] == whole[name] and not merged["sections"][name].get("skipped")
+    assert merged["sections"]["ray"] == {"skipped": True}  # no part ran it
+    assert merged["settings"]["non_standard"] == {"skip": ["ray"]}
+    assert merged["command"] == "python -m bench --quick --skip ray"
+    assert merged["duration_s"] == 240.0 and merged["cpu_time_s"] == 270.0
+    assert [t["met"] for t in merged["targets"]] == [t["met"] for t in whole["targets"]]
+    assert [p["sections"] for p in merged["parts"]] == [["quality"], ["paint", "sketch"],
+                                                        ["speed", "server", "contention", "gpu"]]
+    text = report.write_report(merged, tmp_path)["report"].read_text()
+    assert "in 3 processes" in text and "Some of the processes ran at the same time" in text
+    assert "python -m bench --quick --skip paint sketch speed server contention ray gpu" in text
+
+
+def test_merging_refuses_a_section_measured_twice_or_parts_with_different_settings():
+    whole = synthetic_results()
+    one = _part(whole, {"quality", "paint"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00",
+                "2026-01-01T00:01:00+00:00")
+    two = _part(whole, {"paint"}, "python -m bench --quick", "2026-01-01T00:01:00+00:00", "2026-01-01T00:02:00+00:00")
+    with pytest.raises(ValueError, match="'paint' was measured by 2 parts"):
+        report.merge_results([one, two])
+    other_seeds = _part(whole, {"sketch"}, "python -m bench --quick", "2026-01-01T00:01:00+00:00",
+                        "2026-01-01T00:02:00+00:00")
+    other_seeds["settings"]["seeds"] = [0, 1]
+    with pytest.raises(ValueError, match="different modes or settings"):
+        report.merge_results([one, other_seeds])
+
+
+def test_report_cli_merges_parts_into_a_folder_and_refuses_what_does_not_add_up(tmp_path, capsys):
+    whole = synthetic_results()
+    paths = []
+    for i, measured in enumerate(({"quality"}, {"paint", "sketch", "speed", "server", "contention", "ray", "gpu"})):
+        path = tmp_path / f"part{i}" / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(_part(whole, measured, "python -m bench --quick", f"2026-01-01T00:0{i}:00+00:00",
+                                         f"2026-01-01T00:0{i}:50+00:00")))
+        paths.append(str(path))
+    assert report.main(["--merge", str(tmp_path / "merged"), *paths]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["command"] == "python -m bench --quick" and merged["settings"]["non_standard"] == {}
+    text = (tmp_path / "merged" / "REPORT.md").read_text()
+    assert "in 2 processes" in text and "ran at the same time" not in text and "Non-standard" not in text
+    assert report.main(["--merge", str(tmp_path / "again"), paths[0], paths[0]]) == 2
+    assert "cannot merge" in capsys.readouterr().err
