@@ -62,7 +62,8 @@ TARGETS = [
     ("contention_busy", "A prop beside one busy thread ÷ alone", "<=", 1.8, "ratio"),
 ]
 GOALS = {key: goal for key, _, _, goal, _ in TARGETS}
-SECTIONS = ("quality", "paint", "sketch", "speed", "server", "contention", "ray", "gpu")  # bench/run.py's order
+# The benchmark's sections, in the order bench/run.py runs them.
+SECTIONS = ("quality", "paint", "sketch", "speed", "server", "contention", "ray", "gpu")
 SERVER_SLOWDOWN_GOAL_PERCENT = 5.0  # bench/server_bench.py's goal under 100 status requests/s
 PHASES = [("optimise_s", "optimisation"), ("colour_s", "colour stage"), ("mesh_s", "mesh + UVs"),
           ("write_s", "file export")]
@@ -1021,11 +1022,7 @@ def merge_results(parts: list[dict]) -> dict:
     """
     if not parts:
         raise ValueError("nothing to merge")
-    comparable = [{k: v for k, v in (p.get("settings") or {}).items() if k != "non_standard"}
-                  | {"mode": p.get("mode"), "non_standard": {k: v for k, v in
-                                                           ((p.get("settings") or {}).get("non_standard") or {}).items()
-                                                           if k != "skip"}} for p in parts]
-    if any(c != comparable[0] for c in comparable[1:]):
+    if any(_what_was_run(p) != _what_was_run(parts[0]) for p in parts[1:]):
         raise ValueError("the parts ran with different modes or settings; their numbers do not add up to one run")
     merged = copy.deepcopy(parts[0])
     for name in SECTIONS:
@@ -1057,6 +1054,13 @@ def merge_results(parts: list[dict]) -> dict:
     merged["command"] = _command_without_skip(parts[0].get("command") or "python -m bench", skipped)
     merged["targets"], merged["other_bars"] = evaluate_targets(merged), evaluate_other_bars(merged)
     return merged
+
+
+def _what_was_run(part: dict) -> dict:
+    """A part's mode and settings, leaving out which sections it skipped."""
+    settings = dict(part.get("settings") or {})
+    settings["non_standard"] = {k: v for k, v in (settings.get("non_standard") or {}).items() if k != "skip"}
+    return {"mode": part.get("mode"), **settings}
 
 
 def _measured(part: dict, section: str) -> bool:
@@ -1105,11 +1109,16 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"], results["other_bars"] = evaluate_targets(results), evaluate_other_bars(results)
         out_dir = path.parent
     elif len(argv) >= 3 and argv[0] == "--merge":
-        out_dir = Path(argv[1])
+        out_dir, part_paths = Path(argv[1]), [Path(part) for part in argv[2:]]
+        if any(path.resolve() == (out_dir / "results.json").resolve() for path in part_paths):
+            print(f"cannot merge: {out_dir / 'results.json'} is one of the parts; pick another OUT_DIR",
+                  file=sys.stderr)
+            return 2
         try:
-            results = merge_results([json.loads(Path(part).read_text()) for part in argv[2:]])
-        except ValueError as exc:
-            print(f"cannot merge: {exc}", file=sys.stderr)
+            results = merge_results([json.loads(path.read_text()) for path in part_paths])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # json's decode error is a ValueError; a KeyError etc. means a file that is not a results.json
+            print(f"cannot merge: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

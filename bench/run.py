@@ -58,6 +58,8 @@ import torch
 from engine.cpu_sharing import default_threads
 from primitive_world import contract
 
+from .report import SECTIONS
+
 log = logging.getLogger("bench")
 
 QUICK_PROMPTS = ["a red cube", "a blue sphere", "a green house", "a yellow cone"]
@@ -681,7 +683,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("--seeds", type=int, nargs="+", help="replace the mode's seeds")
     dev.add_argument("--steps", type=int, help="optimisation steps for every job instead of the defaults")
     dev.add_argument("--skip", nargs="+", default=[], help="sections to leave out",
-                     choices=["quality", "paint", "sketch", "speed", "server", "contention", "ray", "gpu"])
+                     choices=SECTIONS)
     args = parser.parse_args(argv)
     args.mode = args.mode or "quick"
     if args.threads < 1:

@@ -1061,3 +1061,19 @@ def test_report_cli_merges_parts_into_a_folder_and_refuses_what_does_not_add_up(
     assert "in 2 processes" in text and "ran at the same time" not in text and "Non-standard" not in text
     assert report.main(["--merge", str(tmp_path / "again"), paths[0], paths[0]]) == 2
     assert "cannot merge" in capsys.readouterr().err
+
+
+def test_report_cli_merge_refuses_a_missing_or_broken_part_or_writing_over_a_part_in_one_line(tmp_path, capsys):
+    part = tmp_path / "part" / "results.json"
+    part.parent.mkdir()
+    part.write_text(json.dumps(synthetic_results()))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    for args in ([str(tmp_path / "out"), str(tmp_path / "missing.json")], [str(tmp_path / "out"), str(broken)],
+                 [str(tmp_path / "out"), str(broken.parent / "part" / ".." / "broken.json"), str(part)],
+                 [str(part.parent), str(part)]):
+        assert report.main(["--merge", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cannot merge: ") and err.count("\n") == 1
+    assert json.loads(part.read_text()) == json.loads(json.dumps(synthetic_results()))  # the part is untouched
+    assert not (tmp_path / "out").exists()
