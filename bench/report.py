@@ -1048,9 +1048,10 @@ def merge_results(parts: list[dict]) -> dict:
     merged["cpu_time_s"] = sum(p.get("cpu_time_s") or 0.0 for p in parts)
     merged["machine"]["load_average_start"] = started["machine"].get("load_average_start")
     merged["machine"]["load_average_end"] = finished["machine"].get("load_average_end")
-    merged["parts"] = [{"command": p.get("command"), "started": p.get("started"), "finished": p.get("finished"),
-                        "duration_s": p.get("duration_s"),
-                        "sections": [n for n in SECTIONS if _measured(p, n)]} for p in parts]
+    # A part that is itself a merge brings its own processes, so merging again keeps every command.
+    merged["parts"] = [process for p in parts for process in p.get("parts") or [
+        {"command": p.get("command"), "started": p.get("started"), "finished": p.get("finished"),
+         "duration_s": p.get("duration_s"), "sections": [n for n in SECTIONS if _measured(p, n)]}]]
     merged["command"] = _command_without_skip(parts[0].get("command") or "python -m bench", skipped)
     merged["targets"], merged["other_bars"] = evaluate_targets(merged), evaluate_other_bars(merged)
     return merged

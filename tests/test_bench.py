@@ -1077,3 +1077,17 @@ def test_report_cli_merge_refuses_a_missing_or_broken_part_or_writing_over_a_par
         assert err.startswith("cannot merge: ") and err.count("\n") == 1
     assert json.loads(part.read_text()) == json.loads(json.dumps(synthetic_results()))  # the part is untouched
     assert not (tmp_path / "out").exists()
+
+
+def test_a_merged_run_merges_again_with_a_later_part_keeping_every_process():
+    whole = synthetic_results()
+    first = report.merge_results([
+        _part(whole, {"quality"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00", "2026-01-01T00:02:00+00:00"),
+        _part(whole, {"paint", "sketch"}, "python -m bench --quick", "2026-01-01T00:00:30+00:00",
+              "2026-01-01T00:01:30+00:00")])
+    later = _part(whole, {"speed", "server", "contention", "ray", "gpu"}, "python -m bench --quick",
+                  "2026-01-01T00:03:00+00:00", "2026-01-01T00:04:00+00:00")
+    merged = report.merge_results([first, later])
+    assert [p["sections"] for p in merged["parts"]] == [["quality"], ["paint", "sketch"],
+                                                        ["speed", "server", "contention", "ray", "gpu"]]
+    assert merged["command"] == "python -m bench --quick" and merged["duration_s"] == 240.0
