@@ -49,8 +49,10 @@ class SketchShapeConfig:
 
 # The surface as the field holds it: the sketch loss calibrates the field so its voxel opacity crosses
 # 1/2 on the sketch, and the sketch, not the decoded outlines, has the last word on the coarse shape.
+# Text-to-3D's Taubin passes stay on: unlike a blur of the density they barely move the surface, and
+# they take out the lattice's staircase and score distillation's dents (docs/tuning.md).
 SKETCH_SURFACE = SurfaceConfig(method="density", silhouette_fit_steps=0, carve_votes=0, iso_level_choices=(),
-                               smoothing=0.0, taubin_iterations=0)
+                               smoothing=0.0)
 
 
 @dataclass(frozen=True)
