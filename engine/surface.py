@@ -9,7 +9,8 @@ Two methods:
   smoothing and the iso-level whose silhouettes match the views (engine.carve).
 
 Either way marching cubes (engine.export) follows, then Taubin smoothing of the mesh, which takes
-the lattice's staircase out of the normals.
+the lattice's staircase out of the normals, and optionally bilateral normal filtering, which
+flattens dented faces and keeps creases (``normal_filtered``; Sketch-Shape's blockouts use it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import trimesh
+from scipy import sparse
 from scipy.ndimage import binary_opening, gaussian_filter
 
 from .carve import background_votes, carve, fit_silhouettes, matching_level, silhouette_iou
@@ -59,6 +61,10 @@ class SurfaceConfig:
     # distillation leaves voxel-scale noise that would otherwise become a bumpy surface.
     smoothing: float = 1.0
     taubin_iterations: int = 10  # mesh smoothing after marching cubes; 0 skips it
+    # Feature-preserving smoothing after Taubin's (``normal_filtered``): flat faces, sharp creases.
+    # Off for text-to-3D, whose hull surfaces are rounded blobs it barely changes (docs/tuning.md).
+    normal_filter_iterations: int = 0
+    normal_filter_sigma: float = 0.2
 
     def __post_init__(self) -> None:
         check_choice("surface method", self.method, SURFACE_METHODS)
@@ -72,6 +78,8 @@ class SurfaceConfig:
             check_number("surface.iso_level_choices", factor, 0, 1e6, low_open=True)
         check_number("surface.smoothing", self.smoothing, 0, 100)
         check_int("surface.taubin_iterations", self.taubin_iterations, 0, 1000)
+        check_int("surface.normal_filter_iterations", self.normal_filter_iterations, 0, 1000)
+        check_number("surface.normal_filter_sigma", self.normal_filter_sigma, 0, 2, low_open=True)
 
 
 def views_show_object(views: list[DecodedView], foreground_threshold: float) -> bool:
@@ -104,7 +112,8 @@ def field_surface(field: VoxelField, views: list[DecodedView], config: SurfaceCo
         surface = density_surface(field, views, config, foreground_threshold, fit_resolution, samples_per_ray,
                                   guided)
     vertices, faces = surface
-    return taubin_smoothed(vertices, faces, config.taubin_iterations), faces
+    vertices = taubin_smoothed(vertices, faces, config.taubin_iterations)
+    return normal_filtered(vertices, faces, config.normal_filter_iterations, config.normal_filter_sigma), faces
 
 
 def hull(bound: float, views: list[DecodedView], config: SurfaceConfig, foreground_threshold: float) -> np.ndarray:
@@ -145,6 +154,57 @@ def taubin_smoothed(vertices: np.ndarray, faces: np.ndarray, iterations: int) ->
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=-0.53, iterations=iterations)
     return np.asarray(mesh.vertices, dtype=np.float32)
+
+
+def normal_filtered(vertices: np.ndarray, faces: np.ndarray, iterations: int, sigma: float,
+                    vertex_iterations: int = 20) -> np.ndarray:
+    """Vertices moved so that smooth stretches of the surface become flat and its creases stay sharp.
+
+    Bilateral normal filtering (after Zheng et al. 2011 and Sun et al. 2007): each face normal
+    becomes the area-weighted mean of the normals of the faces that share a vertex with it, each
+    weighted by exp(-|n_i - n_j|^2 / (2 sigma^2)), so a dent's normals (a few degrees apart) merge and
+    a crease's (tens of degrees apart) do not; ``iterations`` rounds. The vertices then follow the
+    filtered normals: each moves towards the planes of its faces through their centroids,
+    ``vertex_iterations`` rounds. Taubin smoothing rounds a box's edges; this keeps them.
+
+    Args:
+        vertices: (N, 3) mesh vertices.
+        faces: (M, 3) triangles.
+        iterations: normal filtering rounds; 0 returns ``vertices`` as they are.
+        sigma: normal difference (the chord between unit normals) at which a neighbour's weight
+            falls to exp(-1/2): 0.2 merges normals up to ~10 degrees apart and keeps creases of ~25
+            degrees and more.
+        vertex_iterations: rounds of the vertex update.
+    """
+    if iterations == 0:
+        return vertices
+    points = np.asarray(vertices, dtype=np.float64).copy()
+    faces = np.asarray(faces, dtype=np.int64)
+    incidence = sparse.csr_matrix((np.ones(faces.size), (np.repeat(np.arange(len(faces)), 3), faces.ravel())),
+                                  shape=(len(faces), len(points)))
+    neighbours = (incidence @ incidence.T).tocoo()  # faces sharing a vertex, each face with itself
+    rows, cols = neighbours.row, neighbours.col
+    normals, areas = _face_normals_and_areas(points, faces)
+    for _ in range(iterations):
+        weights = areas[cols] * np.exp(-((normals[rows] - normals[cols]) ** 2).sum(axis=1) / (2 * sigma**2))
+        mixed = sparse.csr_matrix((weights, (rows, cols)), shape=(len(faces), len(faces))) @ normals
+        normals = mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+    corners = faces.ravel()
+    per_vertex = np.bincount(corners, minlength=len(points))[:, None]
+    corner_normals = np.repeat(normals, 3, axis=0)
+    for _ in range(vertex_iterations):
+        centroids = np.repeat(points[faces].mean(axis=1), 3, axis=0)
+        along = (corner_normals * (centroids - points[corners])).sum(axis=1, keepdims=True) * corner_normals
+        step = np.zeros_like(points)
+        np.add.at(step, corners, along)
+        points += step / np.maximum(per_vertex, 1)
+    return points.astype(np.float32)
+
+
+def _face_normals_and_areas(points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    cross = np.cross(points[faces[:, 1]] - points[faces[:, 0]], points[faces[:, 2]] - points[faces[:, 0]])
+    length = np.linalg.norm(cross, axis=1)
+    return cross / np.maximum(length, 1e-12)[:, None], 0.5 * length
 
 
 def density_surface(field: VoxelField, views: list[DecodedView], config: SurfaceConfig, foreground_threshold: float,

@@ -212,29 +212,26 @@ def test_the_sketch_start_is_what_holds_the_shape_early(tiny):
     assert volume_iou(out, sketch_input) < 0.6
 
 
-def test_the_sketchs_surface_is_smoothed_flat_without_leaving_the_sketch(tiny):
-    """Taubin passes take the lattice's staircase out of a tilted box's faces and keep its volume."""
+def test_both_smoothing_stages_smooth_the_sketchs_surface_without_leaving_the_sketch(tiny):
+    """Taubin passes and the normal filter each take bumps out of a tilted box's faces; the volume stays."""
     tilted = box((-0.3, -0.25, -0.35), (0.3, 0.25, 0.35))
     tilted.apply_transform(trimesh.transformations.euler_matrix(0.35, 0.25, 0.5))
     sketch_input = as_input(tilted)
 
     def asset(overrides):
-        # Taubin passes act in mesh edges: at the standard lattice, not the small config's coarser one.
+        # Both stages act in mesh edges: at the standard lattice, not the small config's coarser one.
         config = small_config({"surface.mesh_resolution": 64, **overrides})
         mesh = sketch(sketch_input, "a red house", tiny, config).mesh
         return trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
 
-    planes = np.unique(tilted.face_normals.round(6), axis=0)  # the box's six face normals
-    offsets = (tilted.vertices @ planes.T).max(axis=0)
+    def bumpiness(mesh):  # mean angle between neighbouring faces, in degrees
+        return float(np.degrees(mesh.face_adjacency_angles.mean()))
 
-    def normal_error(mesh):  # median angle between face normals and the nearest box face's, in degrees
-        nearest = np.argmax(mesh.triangles_center @ planes.T - offsets, axis=1)  # a convex shape's nearest plane
-        cosines = (mesh.face_normals * planes[nearest]).sum(axis=1)
-        return float(np.degrees(np.median(np.arccos(np.clip(cosines, -1, 1)))))
-
-    smoothed, raw = asset({}), asset({"surface.taubin_iterations": 0})
-    assert normal_error(smoothed) < 0.8 * normal_error(raw)
-    assert abs(smoothed.volume / raw.volume - 1) < 0.05
+    smoothed = asset({})
+    for stage in ("surface.taubin_iterations", "surface.normal_filter_iterations"):
+        without = asset({stage: 0})
+        assert bumpiness(smoothed) < 0.8 * bumpiness(without), stage
+        assert abs(smoothed.volume / without.volume - 1) < 0.05, stage
     out = MeshInput(smoothed.vertices.astype(np.float64), smoothed.faces.astype(np.int64))
     assert volume_iou(out, sketch_input) > 0.8
 

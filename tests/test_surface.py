@@ -9,9 +9,10 @@ import trimesh
 
 from engine.cameras import orbit_camera
 from engine.colour import DecodedView
+from engine.export import extract_mesh
 from engine.occupancy import lattice, winding_numbers
 from engine.raster import render_silhouette
-from engine.surface import SurfaceConfig, hull, hull_agreement, hull_surface, taubin_smoothed
+from engine.surface import SurfaceConfig, hull, hull_agreement, hull_surface, normal_filtered, taubin_smoothed
 from engine.tasks.common import colour_cameras
 from engine.testing import tiny_metadata
 from primitive_world.meshes import contract_mesh
@@ -133,3 +134,30 @@ def test_handles_count_the_tunnels_through_a_closed_mesh():
     torus = trimesh.creation.torus(0.32, 0.12)
     sphere = trimesh.creation.icosphere(2, 0.45)
     assert handles(torus.vertices, torus.faces) == 1 and handles(sphere.vertices, sphere.faces) == 0
+
+
+def test_the_normal_filter_flattens_noisy_faces_and_keeps_the_edges_that_taubin_rounds():
+    tilted = trimesh.creation.box(extents=(0.6, 0.5, 0.7))
+    tilted.apply_transform(trimesh.transformations.euler_matrix(0.35, 0.25, 0.5))
+    planes = np.unique(tilted.face_normals.round(6), axis=0)  # the box's six faces
+    offsets = (tilted.vertices @ planes.T).max(axis=0)
+    axis = np.linspace(-BOUND, BOUND, 64)
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    outside = (np.stack([x, y, z], axis=-1) @ planes.T - offsets).max(axis=-1)  # signed distance, roughly
+    vertices, faces = extract_mesh(-outside, BOUND, 0.0)
+    noisy = vertices + np.random.default_rng(0).normal(0, 0.001, vertices.shape)
+
+    def errors(points):  # (median, 90th percentile) angle to the nearest face's normal, mean distance to it
+        mesh = trimesh.Trimesh(points, faces, process=False)
+        signed = mesh.triangles_center @ planes.T - offsets
+        nearest = signed.argmax(axis=1)  # a convex shape's nearest face plane
+        angles = np.degrees(np.arccos(np.clip((mesh.face_normals * planes[nearest]).sum(axis=1), -1, 1)))
+        return np.median(angles), np.percentile(angles, 90), np.abs(signed.max(axis=1)).mean()
+
+    raw, taubin, filtered = errors(noisy), errors(taubin_smoothed(noisy, faces, 10)), errors(
+        normal_filtered(noisy, faces, 10, 0.2))
+    assert filtered[0] < 0.25 * raw[0]  # the faces are flat again
+    assert filtered[1] < 0.5 * taubin[1]  # and the edges sharp, where Taubin rounds them
+    assert filtered[2] < raw[2] < taubin[2]  # closer to the box than the noisy surface was
+    assert normal_filtered(noisy, faces, 0, 0.2) is noisy
+

@@ -50,9 +50,10 @@ class SketchShapeConfig:
 # The surface as the field holds it: the sketch loss calibrates the field so its voxel opacity crosses
 # 1/2 on the sketch, and the sketch, not the decoded outlines, has the last word on the coarse shape.
 # Text-to-3D's Taubin passes stay on: unlike a blur of the density they barely move the surface, and
-# they take out the lattice's staircase and score distillation's dents (docs/tuning.md).
+# they take out the lattice's staircase; the normal filter then flattens score distillation's dents
+# in a blockout's faces and keeps its creases (docs/tuning.md).
 SKETCH_SURFACE = SurfaceConfig(method="density", silhouette_fit_steps=0, carve_votes=0, iso_level_choices=(),
-                               smoothing=0.0)
+                               smoothing=0.0, normal_filter_iterations=10)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class SketchConfig(FieldTaskConfig):
 # Text-to-3D's presets, without the surface settings the sketch fixes itself.
 _SKETCH_FIXED = {f"surface.{name}" for name in (
     "method", "hull_tolerance", "hull_opening", "silhouette_fit_steps", "carve_votes", "iso_level_choices",
-    "smoothing", "taubin_iterations")}
+    "smoothing", "taubin_iterations", "normal_filter_iterations", "normal_filter_sigma")}
 PRESETS = {name: {key: value for key, value in values.items() if key not in _SKETCH_FIXED}
            for name, values in FIELD_PRESETS.items()}
 
