@@ -160,4 +160,3 @@ def test_the_normal_filter_flattens_noisy_faces_and_keeps_the_edges_that_taubin_
     assert filtered[1] < 0.5 * taubin[1]  # and the edges sharp, where Taubin rounds them
     assert filtered[2] < raw[2] < taubin[2]  # closer to the box than the noisy surface was
     assert normal_filtered(noisy, faces, 0, 0.2) is noisy
-
