@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -538,12 +539,21 @@ def write_sheet(results: dict, out_dir: Path, size: int = SHEET_TILE) -> tuple[P
             continue
         rows.append(fidelity.SheetRow(_sheet_label(tag, r), load_glb(path), r["shape_word"], r["colour_word"]))
     if not rows:
-        return None, f"not drawn: the {len(picks)} judged GLB(s) are neither at their recorded paths nor in assets/"
+        return _kept_sheet(out_dir / SHEET, len(picks), "assets/")
     path = out_dir / SHEET
     fidelity.contact_sheet(rows, path, size)
     if missing:
         which += f"; left out, GLB not found: {', '.join(missing)}"
     return path, which
+
+
+def _kept_sheet(path: Path, judged: int, folder: str) -> tuple[Path | None, str]:
+    """A contact sheet that cannot be redrawn (no GLB at hand, as when merging a committed report):
+    the one already at ``path`` is kept, drawn when the assets were judged; otherwise none."""
+    if path.is_file():
+        return path, (f"kept as drawn when the assets were judged: the {judged} GLB(s) are neither at their "
+                      f"recorded paths nor in {folder}, so it is not redrawn")
+    return None, f"not drawn: the {judged} judged GLB(s) are neither at their recorded paths nor in {folder}"
 
 
 def task_sheet_selection(records: list[dict]) -> tuple[list[dict], str]:
@@ -600,7 +610,7 @@ def write_task_sheet(results: dict, out_dir: Path, task: str, size: int = SHEET_
         mesh = TexturedMesh(mesh.vertices / scale, mesh.faces, mesh.uvs, mesh.texture)
         rows.append(fidelity.SheetRow(_task_sheet_label(r), mesh, r["exact_shape"], r["colour"]))
     if not rows:
-        return None, f"not drawn: the {len(picks)} judged GLB(s) are neither at their recorded paths nor in {task}/"
+        return _kept_sheet(out_dir / TASK_SHEETS[task], len(picks), f"{task}/")
     path = out_dir / TASK_SHEETS[task]
     fidelity.contact_sheet(rows, path, size)
     if missing:
@@ -1010,6 +1020,23 @@ def write_report(results: dict, out_dir: Path, sheet_size: int = SHEET_TILE) -> 
     return written
 
 
+def value_summary(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "mean": statistics.fmean(values),
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise_speed(quality_runs: list[dict]) -> dict:
+    """The speed section's figures taken from the quality runs: time per prop, per phase, SDS steps/s."""
+    ok = [r for r in quality_runs if "error" not in r]
+    phases = {}
+    for key in ("optimise_s", "colour_s", "mesh_s", "write_s"):
+        phases[key] = value_summary([r["timings"][key] for r in ok if key in r["timings"]])
+    return {"per_asset_s": value_summary([r["seconds"] for r in ok]), "phases": phases,
+            "sds_its_per_s": value_summary([r["sds_its_per_s"] for r in ok])}
+
+
 def merge_results(parts: list[dict]) -> dict:
     """One run's results from ``parts``, runs of one mode and settings that each measured some sections.
 
@@ -1035,6 +1062,9 @@ def merge_results(parts: list[dict]) -> dict:
         else:
             merged[name] = None
             merged["sections"][name] = {"skipped": True}
+    if merged.get("speed") and not merged["speed"].get("per_asset_s") and _get(merged, "quality", "runs"):
+        # The speed section's per-prop times come from the quality runs, which another part made.
+        merged["speed"].update(summarise_speed(merged["quality"]["runs"]))
     skipped = [name for name in SECTIONS if merged["sections"][name].get("skipped")]
     non_standard = merged["settings"].setdefault("non_standard", {})
     non_standard.pop("skip", None)

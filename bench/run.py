@@ -58,7 +58,7 @@ import torch
 from engine.cpu_sharing import default_threads
 from primitive_world import contract
 
-from .report import SECTIONS
+from .report import SECTIONS, summarise_speed, value_summary
 
 log = logging.getLogger("bench")
 
@@ -126,13 +126,6 @@ def task_config(task: str, seed: int, overrides: list[str], timing: bool = False
     from . import text_to_3d_quality
 
     return text_to_3d_quality.configure("standard", seed, [*overrides, *(["steps=10000"] if timing else [])])
-
-
-def _summary(values: list[float]) -> dict | None:
-    if not values:
-        return None
-    return {"median": statistics.median(values), "mean": statistics.fmean(values),
-            "min": min(values), "max": max(values), "n": len(values)}
 
 
 def _folder(path: Path) -> Path:
@@ -272,8 +265,8 @@ def summarise_fidelity(runs: list[dict]) -> dict | None:
     judged = [r for r in ok if r.get("fidelity")]
     if not judged:
         return None
-    overall = {m: _summary([r["fidelity"][m] for r in judged]) for m in FIDELITY_MEASURES}
-    overall["door_albedo_error"] = _summary([r["fidelity"]["door_albedo_error"] for r in judged
+    overall = {m: value_summary([r["fidelity"][m] for r in judged]) for m in FIDELITY_MEASURES}
+    overall["door_albedo_error"] = value_summary([r["fidelity"]["door_albedo_error"] for r in judged
                                              if r["fidelity"].get("door_albedo_error") is not None])
     within = {}
     for measure, (op, goal) in FIDELITY_GOALS.items():
@@ -488,15 +481,6 @@ def steps_scaling(prior, base_steps: int, factors: list[float], overrides: list[
                      "sds_its_per_s": run["sds_its_per_s"], "reused_quality_run": reused is not None})
         log.info("steps %5d: %.1f s end to end%s", steps, run["seconds"], " (the quality run)" if reused else "")
     return rows
-
-
-def summarise_speed(quality_runs: list[dict]) -> dict:
-    ok = [r for r in quality_runs if "error" not in r]
-    phases = {}
-    for key in ("optimise_s", "colour_s", "mesh_s", "write_s"):
-        phases[key] = _summary([r["timings"][key] for r in ok if key in r["timings"]])
-    return {"per_asset_s": _summary([r["seconds"] for r in ok]), "phases": phases,
-            "sds_its_per_s": _summary([r["sds_its_per_s"] for r in ok])}
 
 
 # ----------------------------------------------------------------------------------------- server

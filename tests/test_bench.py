@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -397,6 +398,26 @@ def test_without_the_judged_glbs_the_report_says_the_sheet_was_not_drawn(tmp_pat
     written = report.write_report(synthetic_results(), tmp_path)  # synthetic runs name no GLB
     assert "fidelity_sheet" not in written and not (tmp_path / report.SHEET).exists()
     assert "Contact sheet: not drawn" in written["report"].read_text()
+
+
+def test_a_sheet_whose_glbs_are_gone_is_kept_and_linked_not_redrawn(tmp_path):
+    """A merged or re-rendered committed report has the sheets but not the GLBs they were drawn from."""
+    from bench import fidelity
+    from engine.export import write_glb
+
+    results = copy.deepcopy(synthetic_results())
+    for r in [r for r in results["quality"]["runs"] if "fidelity" in r]:
+        r["glb"] = str(tmp_path / "assets" / f"{r['prompt'].replace(' ', '_')}_seed{r['seed']}.glb")
+    (tmp_path / "assets").mkdir()
+    for r in [r for r in results["quality"]["runs"] if "fidelity" in r]:
+        write_glb(Path(r["glb"]), fidelity.exact_textured(r["shape_word"], r["colour_word"], size=64))
+    drawn = report.write_report(results, tmp_path, sheet_size=32)["fidelity_sheet"].read_bytes()
+    for glb in (tmp_path / "assets").iterdir():
+        glb.unlink()
+    written = report.write_report(results, tmp_path, sheet_size=32)
+    assert written["fidelity_sheet"].read_bytes() == drawn
+    text = written["report"].read_text()
+    assert f"![fidelity contact sheet]({report.SHEET})" in text and "kept as drawn when the assets were judged" in text
 
 
 def test_sheet_of_a_large_run_shows_the_best_and_the_worst_asset_of_each_shape():
@@ -1029,6 +1050,21 @@ def test_runs_of_some_sections_each_merge_into_one_report_that_says_how_it_was_r
     text = report.write_report(merged, tmp_path)["report"].read_text()
     assert "in 3 processes" in text and "Some of the processes ran at the same time" in text
     assert "python -m bench --quick --skip paint sketch speed server contention ray gpu" in text
+
+
+def test_a_speed_part_without_quality_runs_gets_its_time_per_prop_from_the_merged_quality_runs():
+    whole = synthetic_results()
+    quality = _part(whole, {"quality"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00",
+                    "2026-01-01T00:02:00+00:00")
+    rest = _part(whole, {"speed"}, "python -m bench --quick", "2026-01-01T00:03:00+00:00", "2026-01-01T00:04:00+00:00")
+    rest["speed"].update(report.summarise_speed([]))  # what a speed section measures with quality skipped
+    assert rest["speed"]["per_asset_s"] is None
+    merged = report.merge_results([quality, rest])
+    seconds = [r["seconds"] for r in whole["quality"]["runs"] if "error" not in r]
+    assert merged["speed"]["per_asset_s"]["median"] == statistics.median(seconds)
+    assert merged["speed"]["overhead"] == whole["speed"]["overhead"]  # the speed part's own figures stay
+    time_per_prop = next(t for t in merged["targets"] if t["key"] == "time_per_prop")
+    assert time_per_prop["value"] == statistics.median(seconds)
 
 
 def test_merging_refuses_a_section_measured_twice_or_parts_with_different_settings():
