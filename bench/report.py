@@ -1021,6 +1021,7 @@ def write_report(results: dict, out_dir: Path, sheet_size: int = SHEET_TILE) -> 
 
 
 def value_summary(values: list[float]) -> dict | None:
+    """Median, mean, min, max and count of ``values``; None when there are none."""
     if not values:
         return None
     return {"median": statistics.median(values), "mean": statistics.fmean(values),

@@ -267,7 +267,7 @@ def summarise_fidelity(runs: list[dict]) -> dict | None:
         return None
     overall = {m: value_summary([r["fidelity"][m] for r in judged]) for m in FIDELITY_MEASURES}
     overall["door_albedo_error"] = value_summary([r["fidelity"]["door_albedo_error"] for r in judged
-                                             if r["fidelity"].get("door_albedo_error") is not None])
+                                                  if r["fidelity"].get("door_albedo_error") is not None])
     within = {}
     for measure, (op, goal) in FIDELITY_GOALS.items():
         k = sum((r["fidelity"][measure] >= goal) if op == ">=" else (r["fidelity"][measure] <= goal) for r in judged)
