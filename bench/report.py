@@ -1032,7 +1032,7 @@ def summarise_speed(quality_runs: list[dict]) -> dict:
     """The speed section's figures taken from the quality runs: time per prop, per phase, SDS steps/s."""
     ok = [r for r in quality_runs if "error" not in r]
     phases = {}
-    for key in ("optimise_s", "colour_s", "mesh_s", "write_s"):
+    for key, _ in PHASES:
         phases[key] = value_summary([r["timings"][key] for r in ok if key in r["timings"]])
     return {"per_asset_s": value_summary([r["seconds"] for r in ok]), "phases": phases,
             "sds_its_per_s": value_summary([r["sds_its_per_s"] for r in ok])}
@@ -1063,8 +1063,8 @@ def merge_results(parts: list[dict]) -> dict:
         else:
             merged[name] = None
             merged["sections"][name] = {"skipped": True}
-    if merged.get("speed") and not merged["speed"].get("per_asset_s") and _get(merged, "quality", "runs"):
-        # The speed section's per-prop times come from the quality runs, which another part made.
+    if merged.get("speed") and _get(merged, "quality", "runs"):
+        # The speed section's per-prop figures are derived from the quality runs, which may be another part's.
         merged["speed"].update(summarise_speed(merged["quality"]["runs"]))
     skipped = [name for name in SECTIONS if merged["sections"][name].get("skipped")]
     non_standard = merged["settings"].setdefault("non_standard", {})

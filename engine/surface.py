@@ -184,7 +184,8 @@ def normal_filtered(vertices: np.ndarray, faces: np.ndarray, iterations: int, si
                                   shape=(len(faces), len(points)))
     neighbours = (incidence @ incidence.T).tocoo()  # faces sharing a vertex, each face with itself
     rows, cols = neighbours.row, neighbours.col
-    normals, areas = _face_normals_and_areas(points, faces)
+    surface = trimesh.Trimesh(points, faces, process=False)
+    normals, areas = surface.face_normals, surface.area_faces
     for _ in range(iterations):
         weights = areas[cols] * np.exp(-((normals[rows] - normals[cols]) ** 2).sum(axis=1) / (2 * sigma**2))
         mixed = sparse.csr_matrix((weights, (rows, cols)), shape=(len(faces), len(faces))) @ normals
@@ -199,12 +200,6 @@ def normal_filtered(vertices: np.ndarray, faces: np.ndarray, iterations: int, si
         np.add.at(step, corners, along)
         points += step / np.maximum(per_vertex, 1)
     return points.astype(np.float32)
-
-
-def _face_normals_and_areas(points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cross = np.cross(points[faces[:, 1]] - points[faces[:, 0]], points[faces[:, 2]] - points[faces[:, 0]])
-    length = np.linalg.norm(cross, axis=1)
-    return cross / np.maximum(length, 1e-12)[:, None], 0.5 * length
 
 
 def density_surface(field: VoxelField, views: list[DecodedView], config: SurfaceConfig, foreground_threshold: float,

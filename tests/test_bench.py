@@ -368,20 +368,27 @@ def test_handles_are_summed_over_components_and_a_hole_is_a_boundary_not_a_handl
     assert (open_cube["handles"], open_cube["boundary_loops"]) == (0, 1)
 
 
+def _with_judged_glbs(results: dict, folder: Path) -> list[dict]:
+    """Each judged quality run of ``results`` given a GLB of its exact shape in ``folder``; those runs."""
+    from bench import fidelity
+    from engine.export import write_glb
+
+    folder.mkdir()
+    judged = [r for r in results["quality"]["runs"] if "fidelity" in r]
+    for r in judged:
+        path = folder / f"{r['prompt'].replace(' ', '_')}_seed{r['seed']}.glb"
+        write_glb(path, fidelity.exact_textured(r["shape_word"], r["colour_word"], size=64))
+        r["glb"] = str(path)
+    return judged
+
+
 def test_report_writes_the_fidelity_contact_sheet_of_the_judged_assets_and_links_it(tmp_path):
     from PIL import Image
 
     from bench import fidelity
-    from engine.export import write_glb
 
     results = copy.deepcopy(synthetic_results())
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    judged = [r for r in results["quality"]["runs"] if "fidelity" in r]
-    for r in judged:
-        path = assets / f"{r['prompt'].replace(' ', '_')}_seed{r['seed']}.glb"
-        write_glb(path, fidelity.exact_textured(r["shape_word"], r["colour_word"], size=64))
-        r["glb"] = str(path)
+    judged = _with_judged_glbs(results, tmp_path / "assets")
     judged[0]["glb"] = "out/bench/elsewhere/assets/" + Path(judged[0]["glb"]).name  # found in out_dir/assets
     written = report.write_report(results, tmp_path, sheet_size=32)
     sheet = tmp_path / report.SHEET
@@ -402,15 +409,8 @@ def test_without_the_judged_glbs_the_report_says_the_sheet_was_not_drawn(tmp_pat
 
 def test_a_sheet_whose_glbs_are_gone_is_kept_and_linked_not_redrawn(tmp_path):
     """A merged or re-rendered committed report has the sheets but not the GLBs they were drawn from."""
-    from bench import fidelity
-    from engine.export import write_glb
-
     results = copy.deepcopy(synthetic_results())
-    for r in [r for r in results["quality"]["runs"] if "fidelity" in r]:
-        r["glb"] = str(tmp_path / "assets" / f"{r['prompt'].replace(' ', '_')}_seed{r['seed']}.glb")
-    (tmp_path / "assets").mkdir()
-    for r in [r for r in results["quality"]["runs"] if "fidelity" in r]:
-        write_glb(Path(r["glb"]), fidelity.exact_textured(r["shape_word"], r["colour_word"], size=64))
+    _with_judged_glbs(results, tmp_path / "assets")
     drawn = report.write_report(results, tmp_path, sheet_size=32)["fidelity_sheet"].read_bytes()
     for glb in (tmp_path / "assets").iterdir():
         glb.unlink()
