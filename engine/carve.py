@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .cameras import pixel_indices, project
 from .colour import DecodedView, silhouette_mask
@@ -20,24 +21,29 @@ from .occupancy import lattice
 from .renderer import render
 
 
-def background_votes(points: np.ndarray, views: list[DecodedView], threshold: float, grow: int = 1) -> np.ndarray:
+def background_votes(points: np.ndarray, views: list[DecodedView], threshold: float, grow: int = 1,
+                     outline_only: bool = False) -> np.ndarray:
     """For each world point (N, 3): how many views show background where it projects, with each
-    view's object mask grown by ``grow`` pixels (1 never bites into the silhouette's edge)."""
+    view's object mask grown by ``grow`` pixels (1 never bites into the silhouette's edge). With
+    ``outline_only``, background the object encloses in a view does not count: only the outline's
+    outside does."""
     votes = np.zeros(len(points), dtype=np.int32)
     for view in views:
         height, width = view.image.shape[:2]
         mask = silhouette_mask(view, threshold, grow=grow)
+        if outline_only:
+            mask = ndimage.binary_fill_holes(mask)
         rows, cols, inside = pixel_indices(*project(points, view.camera, width, height), width, height)
         votes[inside] += ~mask[rows[inside], cols[inside]]
     return votes
 
 
 def carve(density: np.ndarray, bound: float, views: list[DecodedView], threshold: float,
-          min_votes: int) -> np.ndarray:
+          min_votes: int, outline_only: bool = False) -> np.ndarray:
     """``density`` (R, R, R) on the lattice over [-bound, bound]^3 indexed [z, y, x], with every
-    point that at least ``min_votes`` views show as background set to zero."""
+    point that at least ``min_votes`` views show as background set to zero (``background_votes``)."""
     points = lattice(density.shape[0], bound).reshape(-1, 3)
-    empty = background_votes(points, views, threshold).reshape(density.shape) >= min_votes
+    empty = background_votes(points, views, threshold, outline_only=outline_only).reshape(density.shape) >= min_votes
     return np.where(empty, 0.0, density)
 
 

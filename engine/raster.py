@@ -218,6 +218,11 @@ class _DepthBuffers:
         self.bary[pixel] = bary[won]
 
 
+def _face_cross(corners: np.ndarray) -> np.ndarray:
+    """(F, 3) face normals of triangle ``corners`` (F, 3, 3), scaled by twice the face's area."""
+    return np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+
+
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Unit area-weighted vertex normals, shared by vertices at the same position.
 
@@ -228,8 +233,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     faces = np.asarray(faces, dtype=np.int64)
     _, welded = np.unique(vertices, axis=0, return_inverse=True)
     welded = welded.reshape(-1)
-    corners = vertices[faces]
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    face_normals = _face_cross(vertices[faces])
     sums = np.zeros((welded.max() + 1, 3))
     for k in range(3):
         np.add.at(sums, welded[faces[:, k]], face_normals)
@@ -315,8 +319,7 @@ def _lambert(vertices, faces, face, bary, camera: Camera, lighting: Lighting) ->
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
     # Open meshes show their back faces; light those as if they were the outside.  The face's own
     # normal decides, since interpolated normals tilt away from the camera near silhouettes.
-    face_normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    seen_from_behind = np.einsum("nc,nc->n", face_normal, corners[:, 0] - camera.position) > 0
+    seen_from_behind = np.einsum("nc,nc->n", _face_cross(corners), corners[:, 0] - camera.position) > 0
     normal[seen_from_behind] *= -1
     return lighting.shade(normal)
 

@@ -52,6 +52,9 @@ class SurfaceConfig:
     silhouette_fit_steps: int = 200  # density fitted to the decoded views' outlines; 0 skips it
     # A lattice point at least this many decoded views show as background is emptied; 0 skips carving.
     carve_votes: int = 2
+    # Carving cuts only outside each view's outline, never through background the object encloses
+    # (a hole, or as often a white object's lit face on a white ground).
+    carve_outline_only: bool = False
     mesh_resolution: int = 64  # the lattice marching cubes runs on; xatlas time grows with the face count
     iso_level: float = 1.0  # in units of the density that makes one field voxel half opaque
     # Multiples of iso_level tried; the one whose silhouettes best match the decoded views wins.
@@ -211,7 +214,8 @@ def density_surface(field: VoxelField, views: list[DecodedView], config: Surface
     density = field.density_grid(config.mesh_resolution).cpu().numpy()
     level = config.iso_level * np.log(2.0) / field.voxel_size
     if config.carve_votes > 0 and guided:
-        density = carve(density, field.bound, views, foreground_threshold, config.carve_votes)
+        density = carve(density, field.bound, views, foreground_threshold, config.carve_votes,
+                        config.carve_outline_only)
     if config.smoothing > 0:
         sigma = config.smoothing * (config.mesh_resolution - 1) / (field.resolution - 1)
         density = gaussian_filter(density, sigma, mode="nearest")

@@ -6,13 +6,17 @@ any weights on disk. Its images are noise; what it proves is that the plumbing w
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
+import trimesh
 
-from .cameras import CameraConvention
+from .cameras import Camera, CameraConvention, orbit_camera
+from .colour import DecodedView
 from .prior import Prior, PriorMetadata
 from .progress import CancelToken, Progress, ProgressCallback
+from .raster import render_silhouette
 
 TINY_VOCABULARY = ["a", "an", "of", "red", "green", "blue", "yellow", "cube", "sphere", "chair", "house",
                    "front", "side", "back", "overhead", "view", ",", "photo", "ugly", "blurry"]
@@ -113,3 +117,30 @@ def cancel_when(condition: Callable[[Progress], bool]) -> tuple[CancelToken, lis
             token.cancel()
 
     return token, events, on_progress
+
+
+def tilted_box() -> trimesh.Trimesh:
+    """A 0.6 x 0.5 x 0.7 box centred on the origin and turned off every axis: flat faces and sharp
+    edges that no lattice axis lines up with, for tests of the surface stages."""
+    box = trimesh.creation.box(extents=(0.6, 0.5, 0.7))
+    box.apply_transform(trimesh.transformations.euler_matrix(0.35, 0.25, 0.5))
+    return box
+
+
+def silhouette_views(mesh: trimesh.Trimesh, cameras: Sequence[Camera], size: int = 64) -> list[DecodedView]:
+    """Decoded views as a prior that draws ``mesh`` exactly would give them: a red object
+    on a white ground, with the mesh's exact coverage as each view's opacity."""
+    views = []
+    for camera in cameras:
+        cover = render_silhouette(np.asarray(mesh.vertices), np.asarray(mesh.faces), camera, size, size, ssaa=4)
+        image = np.ones((size, size, 3)) - cover[..., None] * np.array([0.2, 0.9, 0.9])
+        views.append(DecodedView(camera, image, cover))
+    return views
+
+
+def ring_views(mesh: trimesh.Trimesh, elevations: Sequence[float] = (6.25, 18.75, 31.25, 43.75),
+               azimuths: int = 8) -> list[DecodedView]:
+    """``silhouette_views`` from rings of cameras at distance 2.2 (field of view 40 degrees)."""
+    cameras = [orbit_camera(360.0 * k / azimuths, elevation, 2.2, 40.0)
+               for elevation in elevations for k in range(azimuths)]
+    return silhouette_views(mesh, cameras)

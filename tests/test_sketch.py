@@ -1,5 +1,7 @@
 """Sketch-Shape: the sketch's occupancy on the field's grid, the loss, and the task end to end."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +14,12 @@ from engine.config import with_overrides
 from engine.field import VoxelField
 from engine.meshes import MeshError, MeshInput
 from engine.occupancy import SketchLoss, SketchOccupancy, lattice, voxel_opacity, winding_numbers
+from engine.surface import field_surface
 from engine.tasks import preset_config
 from engine.tasks.common import seeded_generator
 from engine.tasks.latent_field import FieldOptimisation
-from engine.testing import cancel_when
+from engine.testing import cancel_when, ring_views, tilted_box
+from primitive_world.meshes import contract_mesh
 
 BOUND = 0.75
 
@@ -212,11 +216,38 @@ def test_the_sketch_start_is_what_holds_the_shape_early(tiny):
     assert volume_iou(out, sketch_input) < 0.6
 
 
+def house_box_field(house: trimesh.Trimesh) -> VoxelField:
+    """A field holding the house's bounding box, as the sketch loss leaves it."""
+    config = SketchConfig()
+    sketched = box(*house.bounds)
+    occupancy = SketchOccupancy.on_grid(sketched.vertices, sketched.faces, config.field.grid_resolution, BOUND)
+    field = VoxelField(config.field.grid_resolution, 4, BOUND)
+    slope = config.field.blob_strength / (config.field.blob_radius * BOUND)
+    logits = torch.as_tensor(occupancy.density_logits(slope), dtype=torch.float32)
+    with torch.no_grad():
+        field.density.copy_(logits.view_as(field.density))
+    return field
+
+
+def test_the_views_carve_the_roof_out_of_a_house_box_sketched_as_a_house():
+    """Views that show a house cut the box's top edges where the roof slopes away; the surface
+    stage without carving keeps the box."""
+    house = contract_mesh("house")
+    views = ring_views(house)
+    surface = SketchConfig().surface
+    carved = as_input(trimesh.Trimesh(*field_surface(house_box_field(house), views, surface, 0.1, 32, 64)))
+    kept = as_input(trimesh.Trimesh(*field_surface(house_box_field(house), views,
+                                                   dataclasses.replace(surface, carve_votes=0), 0.1, 32, 64)))
+    above_the_eaves = np.array([[0.0, -0.25, 0.35], [0.2, 0.25, 0.35]])  # inside the box, outside the roof
+    assert not (winding_numbers(carved.vertices, carved.faces, above_the_eaves) > 0.5).any()
+    assert (winding_numbers(kept.vertices, kept.faces, above_the_eaves) > 0.5).all()
+    exact = as_input(house)
+    assert volume_iou(carved, exact) > volume_iou(kept, exact) + 0.05
+
+
 def test_both_smoothing_stages_smooth_the_sketchs_surface_without_leaving_the_sketch(tiny):
     """Taubin passes and the normal filter each take bumps out of a tilted box's faces; the volume stays."""
-    tilted = box((-0.3, -0.25, -0.35), (0.3, 0.25, 0.35))
-    tilted.apply_transform(trimesh.transformations.euler_matrix(0.35, 0.25, 0.5))
-    sketch_input = as_input(tilted)
+    sketch_input = as_input(tilted_box())
 
     def asset(overrides):
         # Both stages act in mesh edges: at the standard lattice, not the small config's coarser one.

@@ -7,34 +7,17 @@ import numpy as np
 import pytest
 import trimesh
 
-from engine.cameras import orbit_camera
+from engine.carve import carve
 from engine.colour import DecodedView
 from engine.export import extract_mesh
 from engine.occupancy import lattice, winding_numbers
-from engine.raster import render_silhouette
 from engine.surface import SurfaceConfig, hull, hull_agreement, hull_surface, normal_filtered, taubin_smoothed
 from engine.tasks.common import colour_cameras
-from engine.testing import tiny_metadata
+from engine.testing import ring_views, silhouette_views, tilted_box, tiny_metadata
 from primitive_world.meshes import contract_mesh
 
 BOUND = 0.75
 IMAGE = 64
-
-
-def views_of(mesh: trimesh.Trimesh, elevations=(6.25, 18.75, 31.25, 43.75), azimuths: int = 8) -> list[DecodedView]:
-    """Decoded views as a prior that draws ``mesh`` exactly would give them: red object, white ground."""
-    cameras = [orbit_camera(360.0 * k / azimuths, elevation, 2.2, 40.0)
-               for elevation in elevations for k in range(azimuths)]
-    return views_from(mesh, cameras)
-
-
-def views_from(mesh: trimesh.Trimesh, cameras) -> list[DecodedView]:
-    views = []
-    for camera in cameras:
-        cover = render_silhouette(np.asarray(mesh.vertices), np.asarray(mesh.faces), camera, IMAGE, IMAGE, ssaa=4)
-        image = np.ones((IMAGE, IMAGE, 3)) - cover[..., None] * np.array([0.2, 0.9, 0.9])
-        views.append(DecodedView(camera, image, cover))
-    return views
 
 
 def inside(vertices: np.ndarray, faces: np.ndarray, points) -> np.ndarray:
@@ -42,7 +25,7 @@ def inside(vertices: np.ndarray, faces: np.ndarray, points) -> np.ndarray:
 
 
 def test_the_hull_of_views_of_a_torus_keeps_its_hole_and_its_ring():
-    views = views_of(contract_mesh("torus"))
+    views = ring_views(contract_mesh("torus"))
     vertices, faces = hull_surface(hull(BOUND, views, SurfaceConfig(mesh_resolution=64), 0.1), BOUND, 1.0)
     centre, tube = [0.0, 0.0, 0.0], [0.32, 0.0, 0.0]
     assert list(inside(vertices, faces, [centre, tube])) == [False, True]
@@ -51,7 +34,7 @@ def test_the_hull_of_views_of_a_torus_keeps_its_hole_and_its_ring():
 
 
 def test_the_hull_of_views_of_a_sphere_lies_on_the_sphere():
-    views = views_of(contract_mesh("sphere"))
+    views = ring_views(contract_mesh("sphere"))
     vertices, faces = hull_surface(hull(BOUND, views, SurfaceConfig(mesh_resolution=64), 0.1), BOUND, 1.0)
     radius = np.linalg.norm(vertices, axis=1)
     # The hull is a little larger than the object between views, never smaller.
@@ -67,13 +50,13 @@ def test_the_hulls_views_span_the_elevation_range_so_a_flat_base_is_bounded_from
     assert sorted({round(camera.elevation_deg, 2) for camera in ends}) == [0.0, 16.67, 33.33, 50.0]
     assert sorted({round(camera.elevation_deg, 2) for camera in inner}) == [6.25, 18.75, 31.25, 43.75]
     cone = contract_mesh("cone")  # base at z = -0.40
-    bottoms = [hull_surface(hull(BOUND, views_from(cone, cameras), SurfaceConfig(), 0.1), BOUND, 1.0)[0][:, 2].min()
-               for cameras in (inner, ends)]
+    hulls = [hull(BOUND, silhouette_views(cone, cameras), SurfaceConfig(), 0.1) for cameras in (inner, ends)]
+    bottoms = [hull_surface(occupancy, BOUND, 1.0)[0][:, 2].min() for occupancy in hulls]
     assert bottoms[0] < -0.53 and bottoms[1] > -0.52, bottoms
 
 
 def test_one_view_that_drew_the_object_thinner_does_not_cut_the_hull_within_the_tolerance():
-    views = views_of(contract_mesh("sphere"))
+    views = ring_views(contract_mesh("sphere"))
     thin = views[5]
     views[5] = DecodedView(thin.camera, np.ones_like(thin.image), thin.opacity)  # draws nothing at all
     tolerant, _ = hull_surface(hull(BOUND, views, SurfaceConfig(mesh_resolution=48, hull_tolerance=1), 0.1), BOUND, 1.0)
@@ -83,7 +66,7 @@ def test_one_view_that_drew_the_object_thinner_does_not_cut_the_hull_within_the_
 
 
 def test_views_of_one_object_agree_on_its_hull_and_speckled_views_do_not():
-    views = views_of(contract_mesh("cone"), azimuths=4)
+    views = ring_views(contract_mesh("cone"), azimuths=4)
     config = SurfaceConfig(mesh_resolution=48)
     assert hull_agreement(hull(BOUND, views, config, 0.1), BOUND, views, 0.1) > 0.8
     rng = np.random.default_rng(0)
@@ -114,8 +97,26 @@ def test_a_bad_surface_method_is_refused():
         SurfaceConfig(method="magic")
 
 
+def test_carving_by_the_outline_only_keeps_what_the_object_encloses_in_background_colour():
+    """Views of a box whose middle looks like the ground (a white object's lit face on a white
+    ground): carving cuts a tunnel through it, carving by the outline only does not."""
+    cube = trimesh.creation.box(extents=(0.6, 0.6, 0.6))
+    views = []
+    for view in ring_views(cube):
+        image = view.image.copy()
+        image[26:38, 26:38] = 1.0  # inside every view's outline: the box spans about pixels 17-47
+        views.append(DecodedView(view.camera, image, view.opacity))
+    points = lattice(32, BOUND)
+    density = np.where(np.abs(points).max(axis=-1) < 0.3, 1.0, 0.0)
+    centre = (16, 16, 16)
+    assert carve(density, BOUND, views, 0.1, 2)[centre] == 0.0
+    kept = carve(density, BOUND, views, 0.1, 2, outline_only=True)
+    assert kept[centre] == 1.0
+    assert kept.sum() > 0.9 * carve(density, BOUND, ring_views(cube), 0.1, 2).sum()
+
+
 def test_the_hulls_opening_removes_a_strut_thinner_than_two_voxels_and_keeps_the_body():
-    views = views_of(trimesh.util.concatenate([contract_mesh("sphere"),
+    views = ring_views(trimesh.util.concatenate([contract_mesh("sphere"),
                                                trimesh.creation.box((1.2, 0.02, 0.02))]), azimuths=4)
     config = SurfaceConfig(mesh_resolution=48)
     kept = hull(BOUND, views, config, 0.1)
@@ -137,8 +138,7 @@ def test_handles_count_the_tunnels_through_a_closed_mesh():
 
 
 def test_the_normal_filter_flattens_noisy_faces_and_keeps_the_edges_that_taubin_rounds():
-    tilted = trimesh.creation.box(extents=(0.6, 0.5, 0.7))
-    tilted.apply_transform(trimesh.transformations.euler_matrix(0.35, 0.25, 0.5))
+    tilted = tilted_box()
     planes = np.unique(tilted.face_normals.round(6), axis=0)  # the box's six faces
     offsets = (tilted.vertices @ planes.T).max(axis=0)
     axis = np.linspace(-BOUND, BOUND, 64)
