@@ -1038,7 +1038,7 @@ def summarise_speed(quality_runs: list[dict]) -> dict:
             "sds_its_per_s": value_summary([r["sds_its_per_s"] for r in ok])}
 
 
-def merge_results(parts: list[dict]) -> dict:
+def merge_results(parts: list[dict], newer_wins: bool = False) -> dict:
     """One run's results from ``parts``, runs of one mode and settings that each measured some sections.
 
     Each section comes from the one part that measured it; a section measured by two parts, or parts of
@@ -1047,19 +1047,23 @@ def merge_results(parts: list[dict]) -> dict:
 
     Args:
         parts: ``results.json`` dicts written by ``bench/run.py``.
+        newer_wins: a section measured by several parts comes from the one that finished last (a
+            section re-run after a change), and the older parts are listed without it.
     """
     if not parts:
         raise ValueError("nothing to merge")
     if any(_what_was_run(p) != _what_was_run(parts[0]) for p in parts[1:]):
         raise ValueError("the parts ran with different modes or settings; their numbers do not add up to one run")
     merged = copy.deepcopy(parts[0])
+    source: dict[str, int] = {}  # section -> index of the part it comes from
     for name in SECTIONS:
-        measured = [p for p in parts if _measured(p, name)]
-        if len(measured) > 1:
+        measured = [k for k, p in enumerate(parts) if _measured(p, name)]
+        if len(measured) > 1 and not newer_wins:
             raise ValueError(f"section {name!r} was measured by {len(measured)} parts; --skip it in all but one")
         if measured:
-            merged[name] = copy.deepcopy(measured[0].get(name))
-            merged["sections"][name] = copy.deepcopy(measured[0]["sections"][name])
+            source[name] = max(measured, key=lambda k: dt.datetime.fromisoformat(parts[k]["finished"]))
+            merged[name] = copy.deepcopy(parts[source[name]].get(name))
+            merged["sections"][name] = copy.deepcopy(parts[source[name]]["sections"][name])
         else:
             merged[name] = None
             merged["sections"][name] = {"skipped": True}
@@ -1071,18 +1075,22 @@ def merge_results(parts: list[dict]) -> dict:
     non_standard.pop("skip", None)
     if skipped:
         non_standard["skip"] = skipped
-    started = min(parts, key=lambda p: dt.datetime.fromisoformat(p["started"]))
-    finished = max(parts, key=lambda p: dt.datetime.fromisoformat(p["finished"]))
+    used = [p for k, p in enumerate(parts) if k in source.values()] or parts[:1]
+    started = min(used, key=lambda p: dt.datetime.fromisoformat(p["started"]))
+    finished = max(used, key=lambda p: dt.datetime.fromisoformat(p["finished"]))
     merged["started"], merged["finished"] = started["started"], finished["finished"]
     merged["duration_s"] = (dt.datetime.fromisoformat(merged["finished"])
                             - dt.datetime.fromisoformat(merged["started"])).total_seconds()
-    merged["cpu_time_s"] = sum(p.get("cpu_time_s") or 0.0 for p in parts)
+    merged["cpu_time_s"] = sum(p.get("cpu_time_s") or 0.0 for p in used)
     merged["machine"]["load_average_start"] = started["machine"].get("load_average_start")
     merged["machine"]["load_average_end"] = finished["machine"].get("load_average_end")
     # A part that is itself a merge brings its own processes, so merging again keeps every command.
-    merged["parts"] = [process for p in parts for process in p.get("parts") or [
-        {"command": p.get("command"), "started": p.get("started"), "finished": p.get("finished"),
-         "duration_s": p.get("duration_s"), "sections": [n for n in SECTIONS if _measured(p, n)]}]]
+    processes = [
+        {**process, "sections": [n for n in process["sections"] if source.get(n) == k]}
+        for k, p in enumerate(parts) for process in p.get("parts") or [
+            {"command": p.get("command"), "started": p.get("started"), "finished": p.get("finished"),
+             "duration_s": p.get("duration_s"), "sections": [n for n in SECTIONS if _measured(p, n)]}]]
+    merged["parts"] = [process for process in processes if process["sections"]]
     merged["command"] = _command_without_skip(parts[0].get("command") or "python -m bench", skipped)
     merged["targets"], merged["other_bars"] = evaluate_targets(merged), evaluate_other_bars(merged)
     return merged
@@ -1141,13 +1149,15 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"], results["other_bars"] = evaluate_targets(results), evaluate_other_bars(results)
         out_dir = path.parent
     elif len(argv) >= 3 and argv[0] == "--merge":
+        newer_wins = "--newer-wins" in argv
+        argv = [arg for arg in argv if arg != "--newer-wins"]
         out_dir, part_paths = Path(argv[1]), [Path(part) for part in argv[2:]]
         if any(path.resolve() == (out_dir / "results.json").resolve() for path in part_paths):
             print(f"cannot merge: {out_dir / 'results.json'} is one of the parts; pick another OUT_DIR",
                   file=sys.stderr)
             return 2
         try:
-            results = merge_results([json.loads(path.read_text()) for path in part_paths])
+            results = merge_results([json.loads(path.read_text()) for path in part_paths], newer_wins)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # json's decode error is a ValueError; a KeyError etc. means a file that is not a results.json
             print(f"cannot merge: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -1157,7 +1167,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out_dir / 'results.json'}")
     else:
         print("usage: python -m bench.report RESULTS.json\n"
-              "       python -m bench.report --merge OUT_DIR PART/results.json PART/results.json ...", file=sys.stderr)
+              "       python -m bench.report --merge OUT_DIR [--newer-wins] PART/results.json PART/results.json ...",
+              file=sys.stderr)
         return 2
     for written in write_report(results, out_dir).values():
         print(f"wrote {written}")

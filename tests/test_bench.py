@@ -1127,3 +1127,20 @@ def test_a_merged_run_merges_again_with_a_later_part_keeping_every_process():
     assert [p["sections"] for p in merged["parts"]] == [["quality"], ["paint", "sketch"],
                                                         ["speed", "server", "contention", "ray", "gpu"]]
     assert merged["command"] == "python -m bench --quick" and merged["duration_s"] == 240.0
+
+
+def test_a_section_run_again_replaces_the_older_parts_one_when_the_newer_wins():
+    whole = synthetic_results()
+    first = report.merge_results([
+        _part(whole, {"quality"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00", "2026-01-01T00:02:00+00:00"),
+        _part(whole, {"paint", "sketch"}, "python -m bench --quick", "2026-01-01T00:00:30+00:00",
+              "2026-01-01T00:01:30+00:00")])
+    rerun = _part(whole, {"sketch"}, "python -m bench --quick", "2026-01-02T00:00:00+00:00", "2026-01-02T00:10:00+00:00")
+    rerun["sketch"]["cases"] = rerun["sketch"]["cases"][:1]
+    with pytest.raises(ValueError, match="'sketch' was measured by 2 parts"):
+        report.merge_results([first, rerun])
+    merged = report.merge_results([first, rerun], newer_wins=True)
+    assert merged["sketch"] == rerun["sketch"] and merged["paint"] == whole["paint"]
+    assert [p["sections"] for p in merged["parts"]] == [["quality"], ["paint"], ["sketch"]]
+    assert merged["finished"] == "2026-01-02T00:10:00+00:00"
+    assert report.merge_results([rerun, first], newer_wins=True)["sketch"] == rerun["sketch"]  # by time, not order
