@@ -39,11 +39,13 @@ def background_votes(points: np.ndarray, views: list[DecodedView], threshold: fl
 
 
 def carve(density: np.ndarray, bound: float, views: list[DecodedView], threshold: float,
-          min_votes: int, outline_only: bool = False) -> np.ndarray:
+          min_votes: int, outline_only: bool = False, margin_px: int = 1) -> np.ndarray:
     """``density`` (R, R, R) on the lattice over [-bound, bound]^3 indexed [z, y, x], with every
-    point that at least ``min_votes`` views show as background set to zero (``background_votes``)."""
+    point that at least ``min_votes`` views show as background set to zero (``background_votes``,
+    the views' object masks grown by ``margin_px``)."""
     points = lattice(density.shape[0], bound).reshape(-1, 3)
-    empty = background_votes(points, views, threshold, outline_only=outline_only).reshape(density.shape) >= min_votes
+    votes = background_votes(points, views, threshold, grow=margin_px, outline_only=outline_only)
+    empty = votes.reshape(density.shape) >= min_votes
     return np.where(empty, 0.0, density)
 
 

@@ -55,6 +55,9 @@ class SurfaceConfig:
     # Carving cuts only outside each view's outline, never through background the object encloses
     # (a hole, or as often a white object's lit face on a white ground).
     carve_outline_only: bool = False
+    # Pixels the views' object masks grow by before they carve: 1 keeps carving off the outline's
+    # edge, 0 trims up to it.
+    carve_margin_px: int = 1
     mesh_resolution: int = 64  # the lattice marching cubes runs on; xatlas time grows with the face count
     iso_level: float = 1.0  # in units of the density that makes one field voxel half opaque
     # Multiples of iso_level tried; the one whose silhouettes best match the decoded views wins.
@@ -75,6 +78,7 @@ class SurfaceConfig:
         check_int("surface.hull_opening", self.hull_opening, 0, 16)
         check_int("surface.silhouette_fit_steps", self.silhouette_fit_steps, 0, 100_000)
         check_int("surface.carve_votes", self.carve_votes, 0, 1000)
+        check_int("surface.carve_margin_px", self.carve_margin_px, 0, 16)
         check_int("surface.mesh_resolution", self.mesh_resolution, *MESH_RESOLUTION_RANGE)
         check_number("surface.iso_level", self.iso_level, 0, 1e6, low_open=True)
         for factor in self.iso_level_choices:
@@ -215,7 +219,7 @@ def density_surface(field: VoxelField, views: list[DecodedView], config: Surface
     level = config.iso_level * np.log(2.0) / field.voxel_size
     if config.carve_votes > 0 and guided:
         density = carve(density, field.bound, views, foreground_threshold, config.carve_votes,
-                        config.carve_outline_only)
+                        config.carve_outline_only, config.carve_margin_px)
     if config.smoothing > 0:
         sigma = config.smoothing * (config.mesh_resolution - 1) / (field.resolution - 1)
         density = gaussian_filter(density, sigma, mode="nearest")

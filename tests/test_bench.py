@@ -1135,7 +1135,8 @@ def test_a_section_run_again_replaces_the_older_parts_one_when_the_newer_wins():
         _part(whole, {"quality"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00", "2026-01-01T00:02:00+00:00"),
         _part(whole, {"paint", "sketch"}, "python -m bench --quick", "2026-01-01T00:00:30+00:00",
               "2026-01-01T00:01:30+00:00")])
-    rerun = _part(whole, {"sketch"}, "python -m bench --quick", "2026-01-02T00:00:00+00:00", "2026-01-02T00:10:00+00:00")
+    rerun = _part(whole, {"sketch"}, "python -m bench --quick", "2026-01-02T00:00:00+00:00",
+                  "2026-01-02T00:10:00+00:00")
     rerun["sketch"]["cases"] = rerun["sketch"]["cases"][:1]
     with pytest.raises(ValueError, match="'sketch' was measured by 2 parts"):
         report.merge_results([first, rerun])

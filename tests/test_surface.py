@@ -115,6 +115,19 @@ def test_carving_by_the_outline_only_keeps_what_the_object_encloses_in_backgroun
     assert kept.sum() > 0.9 * carve(density, BOUND, ring_views(cube), 0.1, 2).sum()
 
 
+def test_carving_without_a_margin_trims_up_to_the_outline_and_keeps_the_object():
+    """Views of a box carve a larger block of density: grown by a pixel, the views' masks leave a
+    rim around the box that carving up to the outline removes."""
+    cube = trimesh.creation.box(extents=(0.6, 0.6, 0.6))
+    points = lattice(48, BOUND)
+    density = np.where(np.abs(points).max(axis=-1) < 0.5, 1.0, 0.0)
+    in_the_box = np.abs(points).max(axis=-1) < 0.27
+    kept = {margin: carve(density, BOUND, ring_views(cube), 0.1, 2, margin_px=margin) > 0 for margin in (0, 1)}
+    assert kept[0][in_the_box].all() and kept[1][in_the_box].all()
+    outside = np.abs(points).max(axis=-1) > 0.33  # more than a voxel out of the box
+    assert kept[0][outside].sum() < 0.7 * kept[1][outside].sum()
+
+
 def test_the_hulls_opening_removes_a_strut_thinner_than_two_voxels_and_keeps_the_body():
     views = ring_views(trimesh.util.concatenate([contract_mesh("sphere"),
                                                trimesh.creation.box((1.2, 0.02, 0.02))]), azimuths=4)

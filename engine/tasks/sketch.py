@@ -49,13 +49,14 @@ class SketchShapeConfig:
 
 # The surface as the field holds it: the sketch loss calibrates the field so its voxel opacity crosses
 # 1/2 on the sketch, so no level is picked from, and no density fitted to, the decoded outlines. Only
-# carving lets the views trim the sketch where the prompt leaves something out (a house box's top
-# edges above the roof), by the outline alone and with two votes: a white object's lit face on a
-# white ground reads as background. Text-to-3D's Taubin passes stay on: unlike a blur of the density
-# they barely move the surface, and they take out the lattice's staircase; the normal filter then
-# flattens score distillation's dents in a blockout's faces and keeps its creases (docs/tuning.md).
+# carving lets the views trim the sketch, up to their outlines, where the prompt leaves something
+# out (a house box's top edges above the roof), by the outline alone and with two votes: a white
+# object's lit face on a white ground reads as background. Text-to-3D's Taubin passes stay on:
+# unlike a blur of the density they barely move the surface, and they take out the lattice's
+# staircase; the normal filter then flattens score distillation's dents in a blockout's faces and
+# keeps its creases (docs/tuning.md).
 SKETCH_SURFACE = SurfaceConfig(method="density", silhouette_fit_steps=0, carve_votes=2, carve_outline_only=True,
-                               iso_level_choices=(), smoothing=0.0, normal_filter_iterations=10)
+                               carve_margin_px=0, iso_level_choices=(), smoothing=0.0, normal_filter_iterations=10)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class SketchConfig(FieldTaskConfig):
 # Text-to-3D's presets, without the surface settings the sketch fixes itself.
 _SKETCH_FIXED = {f"surface.{name}" for name in (
     "method", "hull_tolerance", "hull_opening", "silhouette_fit_steps", "carve_votes", "carve_outline_only",
-    "iso_level_choices", "smoothing", "taubin_iterations", "normal_filter_iterations", "normal_filter_sigma")}
+    "carve_margin_px", "iso_level_choices", "smoothing", "taubin_iterations", "normal_filter_iterations",
+    "normal_filter_sigma")}
 PRESETS = {name: {key: value for key, value in values.items() if key not in _SKETCH_FIXED}
            for name, values in FIELD_PRESETS.items()}
 
