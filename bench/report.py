@@ -5,6 +5,10 @@ written from runs that each measured some of the sections (``--skip`` the others
 
     python -m bench.report out/bench/quick/results.json
     python -m bench.report --merge OUT_DIR PART/results.json PART/results.json ...
+    python -m bench.report --merge OUT_DIR --newer-wins OLD/results.json RERUN/results.json
+
+``--newer-wins`` takes a section that several parts measured from the part that finished last, so one
+section re-run after a change replaces its older numbers.
 """
 
 from __future__ import annotations
