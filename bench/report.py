@@ -176,7 +176,7 @@ def evaluate_targets(results: dict) -> list[dict]:
     full_runs = settings.get("full_prompt_set_runs", 147)
     subset = f" (a subset; the target is over all {full_runs})" if settings.get("subset") else ""
     shape, colour, janus = quality.get("shape") or {}, quality.get("colour") or {}, quality.get("janus") or {}
-    per_asset = _get(results, "speed", "per_asset_s")
+    per_asset = speed_figures(results).get("per_asset_s")
     overhead = _get(results, "speed", "overhead")
     overhead = overhead if isinstance(overhead, dict) and "ratio" in overhead else None
     threads = _get(results, "machine", "torch_threads")
@@ -720,7 +720,7 @@ def _paint_sketch_md(results: dict, plots: dict) -> list[str]:
 
 def _speed_md(results: dict, plots: dict) -> list[str]:
     out = []
-    s = results["speed"]
+    s = speed_figures(results)
     threads = _get(results, "machine", "torch_threads")
     if s.get("per_asset_s"):
         a = s["per_asset_s"]
@@ -873,7 +873,7 @@ def _gpu_md(results: dict) -> list[str]:
     out.append(f"Device: {g['device_name']} (CUDA {g['cuda']}), fp16.")
     if g.get("error"):
         return out + ["", f"Not measured: `{g['error']}`.", ""]
-    speed = g.get("speed") or {}
+    speed = summarise_speed(g.get("quality_runs") or [])
     if speed.get("per_asset_s"):
         a = speed["per_asset_s"]
         out += ["", f"Embedded prior on CUDA: median {a['median']:.1f} s per asset over {a['n']} assets "
@@ -1033,13 +1033,24 @@ def value_summary(values: list[float]) -> dict | None:
 
 
 def summarise_speed(quality_runs: list[dict]) -> dict:
-    """The speed section's figures taken from the quality runs: time per prop, per phase, SDS steps/s."""
+    """The figures the quality runs give the speed section: time per prop, per phase, SDS steps/s."""
     ok = [r for r in quality_runs if "error" not in r]
     phases = {}
     for key, _ in PHASES:
         phases[key] = value_summary([r["timings"][key] for r in ok if key in r["timings"]])
     return {"per_asset_s": value_summary([r["seconds"] for r in ok]), "phases": phases,
             "sds_its_per_s": value_summary([r["sds_its_per_s"] for r in ok])}
+
+
+def speed_figures(results: dict) -> dict:
+    """The speed section's own measurements with the per-prop figures of the quality runs
+    (``summarise_speed``), which are never stored: a merged report may take its quality runs from
+    another process than its speed section."""
+    measured = results.get("speed")
+    if not measured:  # a run that skipped the speed section reports no time per prop
+        return {}
+    runs = _get(results, "quality", "runs") or []
+    return {**measured, **(summarise_speed(runs) if runs else {})}
 
 
 def merge_results(parts: list[dict], newer_wins: bool = False) -> dict:
@@ -1071,9 +1082,6 @@ def merge_results(parts: list[dict], newer_wins: bool = False) -> dict:
         else:
             merged[name] = None
             merged["sections"][name] = {"skipped": True}
-    if merged.get("speed") and _get(merged, "quality", "runs"):
-        # The speed section's per-prop figures are derived from the quality runs, which may be another part's.
-        merged["speed"].update(summarise_speed(merged["quality"]["runs"]))
     skipped = [name for name in SECTIONS if merged["sections"][name].get("skipped")]
     non_standard = merged["settings"].setdefault("non_standard", {})
     non_standard.pop("skip", None)

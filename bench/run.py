@@ -58,7 +58,7 @@ import torch
 from engine.cpu_sharing import default_threads
 from primitive_world import contract
 
-from .report import SECTIONS, summarise_speed, value_summary
+from .report import SECTIONS, value_summary
 
 log = logging.getLogger("bench")
 
@@ -615,7 +615,6 @@ def run_gpu(model: str | None, mode: dict, overrides: list[str], out_dir: Path) 
             log.exception("CUDA generate %r failed", prompt)
             runs.append({"prompt": prompt, "seed": 0, "error": _error(exc)})
     section["quality_runs"] = runs
-    section["speed"] = summarise_speed(runs)
     section["quality"] = summarise_quality(runs)
     try:
         section["overhead_embedded"] = overhead(prior, mode, overrides)
@@ -756,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def speed() -> dict:
         quality_runs = (results["quality"] or {}).get("runs", [])
-        figures = summarise_speed(quality_runs)
+        figures = {}  # its per-prop figures come from the quality runs (report.speed_figures)
         for key, fn in (
             ("overhead", lambda: overhead(loaded_prior(), mode, overrides)),
             ("grid_scaling", lambda: grid_scaling(loaded_prior(), mode["grids"], mode["grid_repeats"], overrides)),

@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # bench/ is not an installed package; plain `pyte
     sys.path.insert(0, str(ROOT))
 
 from bench import report, run  # noqa: E402
-from bench.run import summarise_cases, summarise_quality, summarise_speed, wilson_interval  # noqa: E402
+from bench.run import summarise_cases, summarise_quality, wilson_interval  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The smallest settings that still run every stage on the tiny prior; the override names in one place.
@@ -139,8 +139,7 @@ def synthetic_results() -> dict:
         "quality": {"prompts": [r["prompt"] for r in runs], "seeds": [0], "runs": runs, **summarise_quality(runs)},
         "paint": summarise_cases(paint_records(), ["shapes", "house", "timing"], task_targets("paint")),
         "sketch": summarise_cases(sketch_records(), ["house-box", "blockout", "sphere"], task_targets("sketch")),
-        "speed": {**summarise_speed(runs),
-                  "overhead": {"prior": "primitive-world-v1", "unet_parameters": 4_000_000, "latent_size": 16,
+        "speed": {"overhead": {"prior": "primitive-world-v1", "unet_parameters": 4_000_000, "latent_size": 16,
                                "unet_cfg_forward_ms": 20.0, "sds_step_ms": 27.0, "ratio": 1.35,
                                "cpu_time_ratio": 1.3},
                   "grid_scaling": [{"grid_resolution": g, "step_ms": 20 + g / 4, "steps_per_s": 1000 / (20 + g / 4)}
@@ -1057,11 +1056,11 @@ def test_a_speed_part_without_quality_runs_gets_its_time_per_prop_from_the_merge
     quality = _part(whole, {"quality"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00",
                     "2026-01-01T00:02:00+00:00")
     rest = _part(whole, {"speed"}, "python -m bench --quick", "2026-01-01T00:03:00+00:00", "2026-01-01T00:04:00+00:00")
-    rest["speed"].update(report.summarise_speed([]))  # what a speed section measures with quality skipped
-    assert rest["speed"]["per_asset_s"] is None
+    assert report.speed_figures(rest).get("per_asset_s") is None  # no quality runs of its own
     merged = report.merge_results([quality, rest])
     seconds = [r["seconds"] for r in whole["quality"]["runs"] if "error" not in r]
-    assert merged["speed"]["per_asset_s"]["median"] == statistics.median(seconds)
+    assert report.speed_figures(merged)["per_asset_s"]["median"] == statistics.median(seconds)
+    assert "per_asset_s" not in merged["speed"]  # derived when read, never stored
     assert merged["speed"]["overhead"] == whole["speed"]["overhead"]  # the speed part's own figures stay
     time_per_prop = next(t for t in merged["targets"] if t["key"] == "time_per_prop")
     assert time_per_prop["value"] == statistics.median(seconds)
