@@ -1114,12 +1114,17 @@ def test_report_cli_merge_refuses_a_missing_or_broken_part_or_writing_over_a_par
     assert not (tmp_path / "out").exists()
 
 
-def test_a_merged_run_merges_again_with_a_later_part_keeping_every_process():
-    whole = synthetic_results()
-    first = report.merge_results([
+def _quality_beside_paint_and_sketch(whole: dict) -> dict:
+    """``whole`` as quality in one process and paint and sketch beside it, merged."""
+    return report.merge_results([
         _part(whole, {"quality"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00", "2026-01-01T00:02:00+00:00"),
         _part(whole, {"paint", "sketch"}, "python -m bench --quick", "2026-01-01T00:00:30+00:00",
               "2026-01-01T00:01:30+00:00")])
+
+
+def test_a_merged_run_merges_again_with_a_later_part_keeping_every_process():
+    whole = synthetic_results()
+    first = _quality_beside_paint_and_sketch(whole)
     later = _part(whole, {"speed", "server", "contention", "ray", "gpu"}, "python -m bench --quick",
                   "2026-01-01T00:03:00+00:00", "2026-01-01T00:04:00+00:00")
     merged = report.merge_results([first, later])
@@ -1130,10 +1135,7 @@ def test_a_merged_run_merges_again_with_a_later_part_keeping_every_process():
 
 def test_a_section_run_again_replaces_the_older_parts_one_when_the_newer_wins():
     whole = synthetic_results()
-    first = report.merge_results([
-        _part(whole, {"quality"}, "python -m bench --quick", "2026-01-01T00:00:00+00:00", "2026-01-01T00:02:00+00:00"),
-        _part(whole, {"paint", "sketch"}, "python -m bench --quick", "2026-01-01T00:00:30+00:00",
-              "2026-01-01T00:01:30+00:00")])
+    first = _quality_beside_paint_and_sketch(whole)
     rerun = _part(whole, {"sketch"}, "python -m bench --quick", "2026-01-02T00:00:00+00:00",
                   "2026-01-02T00:10:00+00:00")
     rerun["sketch"]["cases"] = rerun["sketch"]["cases"][:1]

@@ -216,27 +216,25 @@ def test_the_sketch_start_is_what_holds_the_shape_early(tiny):
     assert volume_iou(out, sketch_input) < 0.6
 
 
-def house_box_field(house: trimesh.Trimesh) -> VoxelField:
-    """A field holding the house's bounding box, as the sketch loss leaves it."""
+def house_box_field(house: trimesh.Trimesh, prior) -> VoxelField:
+    """A field holding the house's bounding box, as the sketch task starts it (``sketch_loss``)."""
     config = SketchConfig()
-    sketched = box(*house.bounds)
-    occupancy = SketchOccupancy.on_grid(sketched.vertices, sketched.faces, config.field.grid_resolution, BOUND)
-    field = VoxelField(config.field.grid_resolution, 4, BOUND)
-    slope = config.field.blob_strength / (config.field.blob_radius * BOUND)
-    logits = torch.as_tensor(occupancy.density_logits(slope), dtype=torch.float32)
+    sketched = as_input(box(*house.bounds))
+    _, logits = sketch_module.sketch_loss(sketched.vertices, sketched.faces, prior, config)
+    field = VoxelField(config.field.grid_resolution, prior.latent_channels, prior.metadata.scene_bound)
     with torch.no_grad():
         field.density.copy_(logits.view_as(field.density))
     return field
 
 
-def test_the_views_carve_the_roof_out_of_a_house_box_sketched_as_a_house():
+def test_the_views_carve_the_roof_out_of_a_house_box_sketched_as_a_house(tiny):
     """Views that show a house cut the box's top edges where the roof slopes away; the surface
     stage without carving keeps the box."""
     house = contract_mesh("house")
     views = ring_views(house)
     surface = SketchConfig().surface
-    carved = as_input(trimesh.Trimesh(*field_surface(house_box_field(house), views, surface, 0.1, 32, 64)))
-    kept = as_input(trimesh.Trimesh(*field_surface(house_box_field(house), views,
+    carved = as_input(trimesh.Trimesh(*field_surface(house_box_field(house, tiny), views, surface, 0.1, 32, 64)))
+    kept = as_input(trimesh.Trimesh(*field_surface(house_box_field(house, tiny), views,
                                                    dataclasses.replace(surface, carve_votes=0), 0.1, 32, 64)))
     above_the_eaves = np.array([[0.0, -0.25, 0.35], [0.2, 0.25, 0.35]])  # inside the box, outside the roof
     assert not (winding_numbers(carved.vertices, carved.faces, above_the_eaves) > 0.5).any()

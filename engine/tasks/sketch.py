@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import numpy as np
@@ -76,11 +76,10 @@ class SketchConfig(FieldTaskConfig):
         check_number("frame_half_extent", self.frame_half_extent, 0, 10, low_open=True)
 
 
-# Text-to-3D's presets, without the surface settings the sketch fixes itself.
-_SKETCH_FIXED = {f"surface.{name}" for name in (
-    "method", "hull_tolerance", "hull_opening", "silhouette_fit_steps", "carve_votes", "carve_outline_only",
-    "carve_margin_px", "iso_level_choices", "smoothing", "taubin_iterations", "normal_filter_iterations",
-    "normal_filter_sigma")}
+# Text-to-3D's presets, without the surface settings the sketch fixes itself: all but the lattice's
+# resolution and the iso-level.
+_SKETCH_FIXED = {f"surface.{field.name}" for field in fields(SurfaceConfig)} - {
+    "surface.mesh_resolution", "surface.iso_level"}
 PRESETS = {name: {key: value for key, value in values.items() if key not in _SKETCH_FIXED}
            for name, values in FIELD_PRESETS.items()}
 
