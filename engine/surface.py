@@ -79,6 +79,8 @@ class SurfaceConfig:
         check_int("surface.silhouette_fit_steps", self.silhouette_fit_steps, 0, 100_000)
         check_int("surface.carve_votes", self.carve_votes, 0, 1000)
         check_int("surface.carve_margin_px", self.carve_margin_px, 0, 16)
+        if not isinstance(self.carve_outline_only, bool):
+            raise ValueError(f"surface.carve_outline_only must be true or false, got {self.carve_outline_only!r}")
         check_int("surface.mesh_resolution", self.mesh_resolution, *MESH_RESOLUTION_RANGE)
         check_number("surface.iso_level", self.iso_level, 0, 1e6, low_open=True)
         for factor in self.iso_level_choices:

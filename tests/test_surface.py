@@ -97,6 +97,13 @@ def test_a_bad_surface_method_is_refused():
         SurfaceConfig(method="magic")
 
 
+def test_a_carving_setting_of_the_wrong_type_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^surface.carve_outline_only must be true or false, got 'yes'$"):
+        SurfaceConfig(carve_outline_only="yes")
+    with pytest.raises(ValueError, match="carve_margin_px"):
+        SurfaceConfig(carve_margin_px=-1)
+
+
 def test_carving_by_the_outline_only_keeps_what_the_object_encloses_in_background_colour():
     """Views of a box whose middle looks like the ground (a white object's lit face on a white
     ground): carving cuts a tunnel through it, carving by the outline only does not."""
