@@ -214,13 +214,21 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
     colours = np.zeros((len(points), 3))
     colours[seen] = total[seen] / weight_sum[seen, None]
     if seen.any() and not seen.all():
-        # A fixed-stride subset of the seen points: nearest-neighbour queries from far-away unseen
-        # points (a whole underside) cost minutes against every seen texel, and a fill colour
-        # needs no texel precision.
-        sources = np.flatnonzero(seen)[::max(1, int(seen.sum()) // MAX_FILL_SOURCES)]
+        sources = fill_sources(seen)
         _, nearest = cKDTree(points[sources]).query(points[~seen])
         colours[~seen] = colours[sources][nearest]
     return np.clip(colours, 0, 1), seen
+
+
+def fill_sources(seen: np.ndarray) -> np.ndarray:
+    """Indices of the seen points that colour the unseen ones: at most about MAX_FILL_SOURCES of them,
+    as nearest-neighbour queries from far-away unseen points (a whole underside) cost minutes against
+    every seen texel, and a fill colour needs no texel precision. Points are kept by their own index,
+    so one point more or less seen (a pixel at the foreground threshold) changes one source, not
+    every source after it."""
+    stride = max(1, len(seen) // MAX_FILL_SOURCES)
+    sources = np.flatnonzero(seen & (np.arange(len(seen)) % stride == 0))
+    return sources if len(sources) else np.flatnonzero(seen)
 
 
 def flattened(points: np.ndarray, colours: np.ndarray, cell: float, iterations: int, sigma: float) -> np.ndarray:

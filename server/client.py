@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 import uuid
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_WAIT_S = 3600.0
 CHECK_EVERY_S = 5.0  # a silent job is looked up (and re-attached) this often, as events can be lost
+SERVER_GONE_S = 120.0  # while waiting on a job, a server silent this long is taken as gone, not busy
 INBOX_LIMIT = 10_000
 MAX_REPLY_BYTES = 2**31  # results carry the GLB and the texture; trust the server that far
 
@@ -134,7 +136,7 @@ class Client:
         # Without CurveZMQ the client id is the identity: whoever knows it can act on its jobs.
         self.client_id = client_id or f"client-{uuid.uuid4().hex}"
         self.limits: dict | None = None  # the server's hello reply, once said
-        self._answered = False  # whether anything has ever come back: a timeout before that is NoServer
+        self._last_answer: float | None = None  # when anything last came back; a timeout before any is NoServer
         self._ids = itertools.count(1)
         self._inbox: deque[Message] = deque(maxlen=INBOX_LIMIT)
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
@@ -213,11 +215,14 @@ class Client:
 
         ``on_event`` sees each of the job's state, progress and preview events. A job that stays silent
         for CHECK_EVERY_S is re-attached, which also catches an end whose event was lost. That check
-        waits up to CHECK_EVERY_S for its reply, however short the client's timeout: a server busy in
-        a silent stage (xatlas holds Python's GIL for a second or more) is slow, not gone.
+        waits up to CHECK_EVERY_S for its reply, however short the client's timeout, and one left
+        unanswered is tried again with twice the wait: a server busy in a silent stage (xatlas holds
+        Python's GIL for seconds on a loaded machine) is slow, not gone. Only SERVER_GONE_S without a
+        word from the server raises ServerTimeout before ``timeout``.
         """
         deadline = time.monotonic() + timeout
         heard = time.monotonic()
+        check_wait = max(self.timeout, CHECK_EVERY_S)
         while True:
             for event in self._take_events(job_id):
                 heard = time.monotonic()
@@ -229,10 +234,17 @@ class Client:
             if now >= deadline:
                 raise ServerTimeout(f"job {job_id} did not finish within {timeout:.0f} s")
             if now - heard >= CHECK_EVERY_S:
-                status = self.attach(job_id, timeout=max(self.timeout, CHECK_EVERY_S))
+                try:
+                    status = self.attach(job_id, timeout=check_wait)
+                except ServerTimeout:
+                    if time.monotonic() - (self._last_answer or -math.inf) >= SERVER_GONE_S:
+                        raise
+                    log.info("the server has not answered a check on job %s yet; still waiting", job_id)
+                    check_wait = min(2 * check_wait, SERVER_GONE_S)  # a reply later than the last wait is dropped
+                    status = {"state": None}
                 if status["state"] in State.TERMINAL:
                     return status
-                heard = now
+                heard = time.monotonic()
             self._pump(min(deadline, heard + CHECK_EVERY_S))
 
     def _take_events(self, job_id: str) -> list[Message]:
@@ -277,7 +289,7 @@ class Client:
                 return message
 
     def _timeout(self, message: str, waited: float) -> ServerTimeout:
-        if not self._answered:
+        if self._last_answer is None:
             return NoServer(no_server_message(self.address, waited, self._uses_curve))
         return ServerTimeout(message)
 
@@ -293,5 +305,5 @@ class Client:
     def _next_message(self, deadline: float) -> Message | None:
         if not self._socket.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             return None
-        self._answered = True
+        self._last_answer = time.monotonic()
         return protocol.decode(self._socket.recv_multipart(copy=False), Msg.REPLIES | Msg.EVENTS, MAX_REPLY_BYTES)

@@ -1,11 +1,14 @@
 """Many jobs on one U-Net (engine.batching): calls are gathered into shared forwards, and each job's
 asset is the one it makes alone.
 
-Tolerance, measured on the tiny prior (CPU, 2 threads; three rounds of four jobs at once: SDS, SJC
-with Perp-Neg, a longer SDS, a paint): the U-Net's rows differ by up to about 1e-6 between batch
-sizes (oneDNN picks other kernels), which leaves every face and vertex of a batched job's mesh
-identical to its solo run (max vertex difference 0) and moves at most 0.011 % of texels, by one level
-of 255. The tests allow vertices 1e-5 apart and texels 2 levels apart, at most 0.1 % of them.
+Tolerance, measured on the tiny prior (CPU, 1 thread; solo runs with every U-Net output nudged by
+1e-6 noise, nine seeds): the U-Net's rows differ by up to about 1e-6 between batch sizes (oneDNN
+picks other kernels), which leaves every face and vertex of a batched job's mesh identical to its
+solo run (max vertex difference 0) and moves up to 0.07 % of texels by one level of 255. Now and then
+such a difference moves one decoded pixel across the colour stage's foreground threshold (0.10000062
+against 0.09999967): the surface points under it change between seen and unseen, and the unseen
+texels they coloured, 0.2 % of the texture, take another source's colour. The tests allow vertices
+1e-5 apart and at most 1 % of texels differing at all.
 """
 
 import threading
@@ -27,8 +30,7 @@ from engine.testing import cancel_when
 from primitive_world.meshes import contract_mesh
 
 VERTEX_TOLERANCE = 1e-5
-TEXEL_LEVELS = 2
-TEXELS_DIFFERING = 0.001
+TEXELS_DIFFERING = 0.01
 
 
 def generate_job(prompt: str, overrides: dict) -> Callable:
@@ -127,7 +129,6 @@ def assert_same_asset(batched, alone) -> None:
     np.testing.assert_allclose(batched.mesh.vertices, alone.mesh.vertices, rtol=0, atol=VERTEX_TOLERANCE)
     np.testing.assert_allclose(batched.mesh.uvs, alone.mesh.uvs, rtol=0, atol=VERTEX_TOLERANCE)
     texels = np.abs(batched.mesh.texture.astype(int) - alone.mesh.texture.astype(int))
-    assert texels.max() <= TEXEL_LEVELS
     assert (texels.max(axis=-1) > 0).mean() <= TEXELS_DIFFERING
 
 

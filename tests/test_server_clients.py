@@ -97,8 +97,9 @@ def slow_attach_server(address: str, delay_s: float, stop: threading.Event) -> N
             header = protocol.unpack_header(header_frame)
             if header["type"] == Msg.HELLO:
                 reply = protocol.encode(Msg.LIMITS, header["id"], **LIMITS)
+            elif stop.wait(delay_s):
+                break
             else:
-                time.sleep(delay_s)
                 reply = protocol.encode(Msg.JOB_STATUS, header["id"], job_id=header["job_id"], kind="generate",
                                         state=State.DONE, position=None, error=None, created=1.0, started=1.0,
                                         finished=2.0, cancel_requested=False)
@@ -117,6 +118,30 @@ def test_a_silent_job_on_a_server_slower_than_the_reply_timeout_is_waited_for_no
         assert final["state"] == State.DONE
         with Client(address, timeout=0.2) as client, pytest.raises(ServerTimeout):
             client.attach("0" * 32)  # a plain request keeps the client's own timeout
+    finally:
+        stop.set()
+        server.join(timeout=5)
+
+
+@pytest.mark.parametrize("delay_s, gone_s, ends", [(1.5, 30.0, "done"), (60.0, 2.0, "timeout")],
+                         ids=["busy-past-a-whole-check", "silent-past-the-gone-limit"])
+def test_a_check_left_unanswered_is_retried_until_the_server_has_been_silent_too_long(monkeypatch, delay_s,
+                                                                                        gone_s, ends):
+    monkeypatch.setattr(client_module, "CHECK_EVERY_S", 1.0)
+    monkeypatch.setattr(client_module, "SERVER_GONE_S", gone_s)
+    address, stop = f"tcp://127.0.0.1:{free_port()}", threading.Event()
+    server = threading.Thread(target=slow_attach_server, args=(address, delay_s, stop), daemon=True)
+    server.start()
+    try:
+        with Client(address, timeout=0.2) as client:
+            client.hello()
+            started = time.monotonic()
+            if ends == "done":
+                assert client.wait("0" * 32, timeout=20.0)["state"] == State.DONE
+            else:
+                with pytest.raises(ServerTimeout):
+                    client.wait("0" * 32, timeout=20.0)
+                assert gone_s <= time.monotonic() - started < gone_s + 3 * client_module.CHECK_EVERY_S
     finally:
         stop.set()
         server.join(timeout=5)
