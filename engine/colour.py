@@ -169,16 +169,11 @@ def inside_colours(view: DecodedView, edge_px: int) -> DecodedView:
 
 
 def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Sample (H, W, C) at continuous pixel coordinates (N, 2) (pixel centres at +0.5)."""
-    height, width = image.shape[:2]
-    x = np.clip(xy[:, 0] - 0.5, 0, width - 1)
-    y = np.clip(xy[:, 1] - 0.5, 0, height - 1)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
-    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+    """Sample (H, W, C) at continuous pixel coordinates (N, 2) (pixel centres at +0.5); points
+    beyond the outermost pixel centres take the edge's colour."""
+    coords = np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5])
+    return np.stack([ndimage.map_coordinates(image[..., channel], coords, order=1, mode="nearest")
+                     for channel in range(image.shape[2])], axis=-1)
 
 
 def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
@@ -191,25 +186,30 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
     of the nearest point that was seen."""
     total = np.zeros((len(points), 3))
     weight_sum = np.zeros(len(points))
+    # n.(c - p) and |c - p| from dot products with the camera position c: no (N, 3) temporaries per view
+    normal_dot_point, point_norm_squared = (normals * points).sum(axis=1), (points * points).sum(axis=1)
     for view in views:
         on_view()
+        camera = view.camera.position
+        # Only the points facing the camera can lend it weight: about half of them, and the rest
+        # need no projecting.
+        toward_camera = normals @ camera - normal_dot_point
+        toward = np.flatnonzero(toward_camera > 0)
         height, width = view.image.shape[:2]
         zbuffer = rasterize(vertices, faces, view.camera, width, height).depth
-        xy, depth = project(points, view.camera, width, height)
+        xy, depth = project(points[toward], view.camera, width, height)
         rows, cols, inside = pixel_indices(xy, depth, width, height)
-        visible = np.zeros(len(points), dtype=bool)
+        visible = np.zeros(len(toward), dtype=bool)
         visible[inside] = np.abs(zbuffer[rows[inside], cols[inside]] - depth[inside]) < depth_tolerance
-        to_camera = view.camera.position[None] - points
-        to_camera /= np.linalg.norm(to_camera, axis=1, keepdims=True)
-        facing = np.clip((normals * to_camera).sum(axis=1), 0, 1)
         if foreground_threshold is not None:
             # shrunk by a pixel: bilinear taps at the silhouette's edge mix in the background
             object_pixel = foreground_mask(view, foreground_threshold, grow=-1)
             visible[inside] &= object_pixel[rows[inside], cols[inside]]
-        weight = np.where(visible, facing**angle_power, 0.0)
-        used = weight > 0
-        total[used] += weight[used, None] * _bilinear(view.image, xy[used])
-        weight_sum += weight
+        lends = toward[visible]
+        distance = np.sqrt(camera @ camera - 2 * points[lends] @ camera + point_norm_squared[lends])
+        weight = np.clip(toward_camera[lends] / distance, 0, 1)**angle_power
+        total[lends] += weight[:, None] * _bilinear(view.image, xy[visible])
+        weight_sum[lends] += weight
     seen = weight_sum > 1e-6
     colours = np.zeros((len(points), 3))
     colours[seen] = total[seen] / weight_sum[seen, None]
@@ -240,15 +240,9 @@ def flattened(points: np.ndarray, colours: np.ndarray, cell: float, iterations: 
     (a bilateral filter on the surface: ``sigma`` in the largest channel). Each point then takes the
     smoothed colour, among its four nearest cells, closest to its own, so a door's edge stays
     where the texels put it rather than on the cell grid."""
-    keys = np.floor(points / cell).astype(np.int64)
-    _, cluster, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    cluster = cluster.reshape(-1)
-    centres = np.zeros((len(counts), 3))
-    means = np.zeros((len(counts), 3))
-    np.add.at(centres, cluster, points)
-    np.add.at(means, cluster, colours)
-    centres /= counts[:, None]
-    means /= counts[:, None]
+    cluster, counts = _cells(points, cell)
+    centres, means = (np.stack([np.bincount(cluster, values[:, axis], len(counts)) for axis in range(3)], axis=1)
+                      / counts[:, None] for values in (points, colours))
     tree = cKDTree(centres)
     neighbours = min(9, len(centres))
     distance, index = tree.query(centres, k=neighbours, distance_upper_bound=2.0 * cell)
@@ -268,6 +262,18 @@ def flattened(points: np.ndarray, colours: np.ndarray, cell: float, iterations: 
     candidates = means[nearest]
     choice = np.abs(candidates - colours[:, None]).max(axis=-1).argmin(axis=1)
     return candidates[np.arange(len(points)), choice]
+
+
+def _cells(points: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    """The cubic cell of side ``cell`` each point (N, 3) falls in, numbered in lexicographic order of
+    the cells' integer coordinates, and the points per cell."""
+    keys = np.floor(points / cell).astype(np.int64)
+    keys -= keys.min(axis=0)
+    extent = keys.max(axis=0) + 1
+    # one integer per cell, ordered as the rows of (x, y, z) keys are: a 1-D unique is far cheaper
+    _, cluster, counts = np.unique((keys[:, 0] * extent[1] + keys[:, 1]) * extent[2] + keys[:, 2],
+                                   return_inverse=True, return_counts=True)
+    return cluster.reshape(-1), counts
 
 
 def light_to_divide_out(prior: Prior, delight: bool | None) -> Lighting | None:
