@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from skimage.filters import apply_hysteresis_threshold
 
 from .cameras import Camera, pixel_indices, project
-from .config import TEXTURE_SIZE_RANGE, check_int, check_number
+from .config import TEXTURE_SIZE_RANGE, check_bool, check_int, check_number
 from .field import EnvironmentBackground, VoxelField
 from .prior import Prior
 from .raster import Lighting, rasterize, render_textured
@@ -75,6 +75,7 @@ class ColourConfig:
         check_int("colour.view_rings", self.view_rings, 1, 16)
         check_number("colour.foreground_threshold", self.foreground_threshold, 0, 1)
         check_int("colour.texture_size", self.texture_size, *TEXTURE_SIZE_RANGE)
+        check_bool("colour.delight", self.delight, allow_none=True)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import typing
 from typing import Any, Mapping, Sequence
 
 # The one place the limits live: the CLI and the engine refuse what the server refuses
@@ -41,6 +42,13 @@ def check_number(name: str, value: Any, low: float = -math.inf, high: float = ma
         raise ValueError(f"{name} must lie in {left}{low:g}, {high:g}], got {value:g}")
 
 
+def check_bool(name: str, value: Any, allow_none: bool = False) -> None:
+    """Refuse anything but True or False (or None with ``allow_none``): "false" is text, not a bool."""
+    if not isinstance(value, bool) and not (allow_none and value is None):
+        allowed = "true, false or unset" if allow_none else "true or false"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
@@ -68,8 +76,8 @@ class TaskConfig:
         check_int("preview_every", self.preview_every, 0)
         if not isinstance(self.negative_prompt, str):
             raise ValueError("negative_prompt must be text")
-        if not isinstance(self.strict_prompt, bool):
-            raise ValueError("strict_prompt must be true or false")
+        check_bool("strict_prompt", self.strict_prompt)
+        check_bool("view_dependent_prompts", self.view_dependent_prompts)
 
 
 def with_overrides(config, overrides: Mapping[str, Any]):
@@ -96,7 +104,8 @@ def _replace_path(config, path: list[str], value: Any, key: str):
 
 def parse_assignments(config, assignments: Sequence[str]) -> dict[str, Any]:
     """``["field=value", "group.field=value"]`` as overrides for ``config``, each value parsed as
-    the field's current type (``true``/``false`` for flags, comma-separated numbers for tuples)."""
+    the field's current type (``true``/``false`` for flags, comma-separated numbers for tuples); an
+    optional setting left unset is read as its declared type, or ``none``."""
     overrides = {}
     for assignment in assignments:
         key, separator, text = assignment.partition("=")
@@ -106,7 +115,13 @@ def parse_assignments(config, assignments: Sequence[str]) -> dict[str, Any]:
         for part in key.split("."):
             if not dataclasses.is_dataclass(current) or part not in {f.name for f in dataclasses.fields(current)}:
                 raise ValueError(f"unknown setting {key!r}")
-            current = getattr(current, part)
+            owner, current = current, getattr(current, part)
+        if current is None:  # an optional setting left unset: read as its declared type, or "none"
+            if text == "none":
+                overrides[key] = None
+                continue
+            declared = typing.get_type_hints(type(owner))[key.split(".")[-1]]
+            current = next(kind for kind in typing.get_args(declared) if kind is not type(None))()
         overrides[key] = _parse_like(current, text, key)
     return overrides
 

@@ -25,7 +25,7 @@ from scipy.ndimage import binary_opening, gaussian_filter
 
 from .carve import background_votes, carve, fit_silhouettes, matching_level, silhouette_iou
 from .colour import DecodedView, silhouette_mask
-from .config import MESH_RESOLUTION_RANGE, check_choice, check_int, check_number
+from .config import MESH_RESOLUTION_RANGE, check_bool, check_choice, check_int, check_number
 from .export import extract_mesh
 from .field import VoxelField
 from .occupancy import lattice
@@ -79,8 +79,7 @@ class SurfaceConfig:
         check_int("surface.silhouette_fit_steps", self.silhouette_fit_steps, 0, 100_000)
         check_int("surface.carve_votes", self.carve_votes, 0, 1000)
         check_int("surface.carve_margin_px", self.carve_margin_px, 0, 16)
-        if not isinstance(self.carve_outline_only, bool):
-            raise ValueError(f"surface.carve_outline_only must be true or false, got {self.carve_outline_only!r}")
+        check_bool("surface.carve_outline_only", self.carve_outline_only)
         check_int("surface.mesh_resolution", self.mesh_resolution, *MESH_RESOLUTION_RANGE)
         check_number("surface.iso_level", self.iso_level, 0, 1e6, low_open=True)
         for factor in self.iso_level_choices:

@@ -1,3 +1,4 @@
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,6 +8,7 @@ import trimesh
 
 from engine import Cancelled, CancelToken, generate, write_outputs
 from engine.colour import DecodedView, backproject
+from engine.config import parse_assignments
 from engine.export import bake_texture, texel_surface_points
 from engine.raster import render_textured
 from engine.tasks import preset_config
@@ -32,6 +34,24 @@ def test_generate_end_to_end_writes_a_textured_glb(request, tmp_path, prior_name
     assert min(texture.size) >= 512
     # The colour check: unshaded renders of the textured mesh reproduce the VAE's decoded views.
     assert result.colour_error < 0.1
+
+
+@pytest.mark.parametrize("key, bad, allowed", [
+    ("colour.delight", "false", "true, false or unset"), ("strict_prompt", 1, "true or false"),
+    ("view_dependent_prompts", "yes", "true or false"), ("surface.carve_outline_only", None, "true or false")])
+def test_a_bool_setting_given_anything_else_is_refused_in_one_line_naming_it(key, bad, allowed):
+    # "false" as text would otherwise count as true: the light divided out against the user's word.
+    with pytest.raises(ValueError, match=f"^{re.escape(key)} must be {allowed}, got {re.escape(repr(bad))}$"):
+        preset_config("generate", "draft", {key: bad})
+    assert preset_config("generate", "draft", {"colour.delight": None}).colour.delight is None
+
+
+def test_an_unset_optional_setting_is_read_from_text_as_its_declared_type():
+    config = preset_config("generate", "draft")  # colour.delight is None: the prior's metadata decides
+    assert parse_assignments(config, ["colour.delight=false", "steps=3"]) == {"colour.delight": False, "steps": 3}
+    assert parse_assignments(config, ["colour.delight=none"]) == {"colour.delight": None}
+    with pytest.raises(ValueError, match=r"^colour\.delight: cannot read 'maybe' as bool$"):
+        parse_assignments(config, ["colour.delight=maybe"])
 
 
 def test_same_seed_same_asset(tiny):

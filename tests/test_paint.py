@@ -229,7 +229,7 @@ def test_blank_prompt_and_bad_settings_are_refused(tiny):
         paint(user_cube(), "   ", tiny, small_config())
     for key, bad in (("steps", 0), ("steps", 20_001), ("colour.texture_size", 256), ("texture.learning_rate", -1.0),
                      ("texture.size", 4), ("frame_half_extent", 0.0), ("colour.view_azimuths", 0),
-                     ("texture.view_pool", 0), ("guidance.guidance_scale", float("nan"))):
+                     ("texture.view_pool", 0), ("guidance.guidance_scale", float("nan")), ("colour.delight", "no")):
         with pytest.raises(ValueError, match=key.split(".")[-1]):
             with_overrides(PaintConfig(), {key: bad})
     with pytest.raises(ValueError, match="unknown preset"):

@@ -32,7 +32,7 @@ from ..colour import (
     light_to_divide_out,
     view_fidelity,
 )
-from ..config import TEXTURE_SIZE_RANGE, TaskConfig, check_int, check_number
+from ..config import TEXTURE_SIZE_RANGE, TaskConfig, check_bool, check_int, check_number
 from ..export import TexturedMesh, bake_texture, unwrap
 from ..guidance import GuidanceConfig, ScoreDistillation, surrogate_loss
 from ..mesh_render import ViewPool, fragments_for, render_latent
@@ -109,6 +109,7 @@ class PaintColourConfig:
         check_number("colour.angle_power", self.angle_power, 0, 100)
         check_int("colour.edge_px", self.edge_px, 0, 16)
         check_int("colour.texture_size", self.texture_size, *TEXTURE_SIZE_RANGE)
+        check_bool("colour.delight", self.delight, allow_none=True)
 
 
 @dataclass(frozen=True)
