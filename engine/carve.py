@@ -21,16 +21,16 @@ from .occupancy import lattice
 from .renderer import render
 
 
-def background_votes(points: np.ndarray, views: list[DecodedView], threshold: float, grow: int = 1,
+def background_votes(points: np.ndarray, views: list[DecodedView], threshold: float, margin_px: int = 1,
                      outline_only: bool = False) -> np.ndarray:
     """For each world point (N, 3): how many views show background where it projects, with each
-    view's object mask grown by ``grow`` pixels (1 never bites into the silhouette's edge). With
+    view's object mask grown by ``margin_px`` pixels (1 never bites into the silhouette's edge). With
     ``outline_only``, background the object encloses in a view does not count: only the outline's
     outside does."""
     votes = np.zeros(len(points), dtype=np.int32)
     for view in views:
         height, width = view.image.shape[:2]
-        mask = silhouette_mask(view, threshold, grow=grow)
+        mask = silhouette_mask(view, threshold, grow=margin_px)
         if outline_only:
             mask = ndimage.binary_fill_holes(mask)
         rows, cols, inside = pixel_indices(*project(points, view.camera, width, height), width, height)
@@ -44,7 +44,7 @@ def carve(density: np.ndarray, bound: float, views: list[DecodedView], threshold
     point that at least ``min_votes`` views show as background set to zero (``background_votes``,
     the views' object masks grown by ``margin_px``)."""
     points = lattice(density.shape[0], bound).reshape(-1, 3)
-    votes = background_votes(points, views, threshold, grow=margin_px, outline_only=outline_only)
+    votes = background_votes(points, views, threshold, margin_px, outline_only)
     empty = votes.reshape(density.shape) >= min_votes
     return np.where(empty, 0.0, density)
 

@@ -128,7 +128,7 @@ def hull(bound: float, views: list[DecodedView], config: SurfaceConfig, foregrou
     """The visual hull (R, R, R) bool of the views' object masks on the ``mesh_resolution`` lattice
     over the box: a point is inside when at most ``hull_tolerance`` views show background there."""
     resolution = config.mesh_resolution
-    votes = background_votes(lattice(resolution, bound).reshape(-1, 3), views, foreground_threshold, grow=0)
+    votes = background_votes(lattice(resolution, bound).reshape(-1, 3), views, foreground_threshold, margin_px=0)
     inside = (votes <= config.hull_tolerance).reshape((resolution,) * 3)
     return binary_opening(inside, iterations=config.hull_opening) if config.hull_opening else inside
 
