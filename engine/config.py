@@ -120,7 +120,7 @@ def parse_assignments(config, assignments: Sequence[str]) -> dict[str, Any]:
             if text == "none":
                 overrides[key] = None
                 continue
-            declared = typing.get_type_hints(type(owner))[key.split(".")[-1]]
+            declared = typing.get_type_hints(type(owner))[part]
             current = next(kind for kind in typing.get_args(declared) if kind is not type(None))()
         overrides[key] = _parse_like(current, text, key)
     return overrides
