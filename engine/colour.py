@@ -22,7 +22,7 @@ from .cameras import Camera, pixel_indices, project
 from .config import TEXTURE_SIZE_RANGE, check_bool, check_int, check_number
 from .field import EnvironmentBackground, VoxelField
 from .prior import Prior
-from .raster import Lighting, rasterize, render_textured
+from .raster import Lighting, rasterize, render_textured, sample_pixels
 from .refine import RefineConfig
 from .renderer import render
 
@@ -169,14 +169,6 @@ def inside_colours(view: DecodedView, edge_px: int) -> DecodedView:
     return DecodedView(view.camera, view.image[rows, cols], view.opacity)
 
 
-def _bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Sample (H, W, C) at continuous pixel coordinates (N, 2) (pixel centres at +0.5); points
-    beyond the outermost pixel centres take the edge's colour."""
-    coords = np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5])
-    return np.stack([ndimage.map_coordinates(image[..., channel], coords, order=1, mode="nearest")
-                     for channel in range(image.shape[2])], axis=-1)
-
-
 def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
                 views: list[DecodedView], depth_tolerance: float, angle_power: float = 2.0,
                 on_view: Callable[[], None] = lambda: None, foreground_threshold: float | None = None):
@@ -209,7 +201,7 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
         lends = toward[visible]
         distance = np.sqrt(camera @ camera - 2 * points[lends] @ camera + point_norm_squared[lends])
         weight = np.clip(toward_camera[lends] / distance, 0, 1)**angle_power
-        total[lends] += weight[:, None] * _bilinear(view.image, xy[visible])
+        total[lends] += weight[:, None] * sample_pixels(view.image, xy[visible])
         weight_sum[lends] += weight
     seen = weight_sum > 1e-6
     colours = np.zeros((len(points), 3))

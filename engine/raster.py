@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from engine.cameras import Camera, project
 
@@ -245,19 +246,16 @@ def sample_bilinear(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Texture colours in [0, 1] at (N, 2) UVs (bottom-left origin), clamped at the edges."""
     image = _as_float_image(texture)
     tex_h, tex_w = image.shape[:2]
-    x = np.asarray(uv[:, 0], dtype=np.float64) * tex_w - 0.5
-    y = (1.0 - np.asarray(uv[:, 1], dtype=np.float64)) * tex_h - 0.5
-    x0 = np.floor(x)
-    y0 = np.floor(y)
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
-    c0 = np.clip(x0, 0, tex_w - 1).astype(np.int64)
-    c1 = np.clip(x0 + 1, 0, tex_w - 1).astype(np.int64)
-    r0 = np.clip(y0, 0, tex_h - 1).astype(np.int64)
-    r1 = np.clip(y0 + 1, 0, tex_h - 1).astype(np.int64)
-    top = image[r0, c0] * (1 - fx) + image[r0, c1] * fx
-    bottom = image[r1, c0] * (1 - fx) + image[r1, c1] * fx
-    return top * (1 - fy) + bottom * fy
+    uv = np.asarray(uv, dtype=np.float64)
+    return sample_pixels(image, np.stack([uv[:, 0] * tex_w, (1.0 - uv[:, 1]) * tex_h], axis=1))
+
+
+def sample_pixels(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples (N, C) float64 of an (H, W, C) image at continuous pixel coordinates (N, 2),
+    x right and y down, pixel centres at +0.5; beyond the outermost centres, the edge's colour."""
+    coords = np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5])
+    return np.stack([ndimage.map_coordinates(image[..., channel], coords, output=np.float64, order=1,
+                                             mode="nearest") for channel in range(image.shape[2])], axis=-1)
 
 
 def _as_float_image(texture: np.ndarray) -> np.ndarray:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import time
 import uuid
@@ -237,7 +236,7 @@ class Client:
                 try:
                     status = self.attach(job_id, timeout=check_wait)
                 except ServerTimeout:
-                    if time.monotonic() - (self._last_answer or -math.inf) >= SERVER_GONE_S:
+                    if self._last_answer is None or time.monotonic() - self._last_answer >= SERVER_GONE_S:
                         raise
                     log.info("the server has not answered a check on job %s yet; still waiting", job_id)
                     check_wait = min(2 * check_wait, SERVER_GONE_S)  # a reply later than the last wait is dropped
