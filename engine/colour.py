@@ -2,8 +2,8 @@
 
 Rendered latent views are decoded with the prior's VAE, then every texel of the mesh takes the
 visibility- and view-angle-weighted mean of the decoded pixels it projects to. That mean is the
-least-squares fit of one colour per texel to all views. Texels no view sees take the colour of
-the nearest texel that was seen.
+least-squares fit of one colour per texel to all views. Texels no view sees, or sees only at
+grazing angles, take the colour of the nearest texel that was seen well.
 """
 
 from __future__ import annotations
@@ -68,10 +68,14 @@ class ColourConfig:
     # Albedo texture: the prior's light divided out whenever its metadata knows it (None or True);
     # False keeps the shading the prior paints.
     delight: bool | None = None
+    # Texels whose summed view weight is under this share of the median are coloured like the
+    # nearest well-seen texel (``backproject``): grazing views blend in the background.
+    min_confidence: float = 0.5
     flatten: FlattenConfig = FlattenConfig()
 
     def __post_init__(self) -> None:
         check_int("colour.view_azimuths", self.view_azimuths, 1, 64)
+        check_number("colour.min_confidence", self.min_confidence, 0, 1)
         check_int("colour.view_rings", self.view_rings, 1, 16)
         check_number("colour.foreground_threshold", self.foreground_threshold, 0, 1)
         check_int("colour.texture_size", self.texture_size, *TEXTURE_SIZE_RANGE)
@@ -171,12 +175,25 @@ def inside_colours(view: DecodedView, edge_px: int) -> DecodedView:
 
 def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
                 views: list[DecodedView], depth_tolerance: float, angle_power: float = 2.0,
-                on_view: Callable[[], None] = lambda: None, foreground_threshold: float | None = None):
-    """Weighted mean colour (N, 3) over the views that see each surface point, and a seen mask.
-    ``on_view`` runs before each view; it may raise to stop (cancellation). With a
-    ``foreground_threshold``, a view lends no colour where it shows background (a surface point
-    seen at a grazing angle, or one the mesh has and the view has not): such points take the colour
-    of the nearest point that was seen."""
+                on_view: Callable[[], None] = lambda: None, foreground_threshold: float | None = None,
+                min_confidence: float = 0.0):
+    """Weighted mean colour (N, 3) over the views that see each surface point, and a seen mask;
+    unseen points are black until ``filled``.
+
+    Args:
+        points, normals: (N, 3) surface points and their unit outward normals.
+        vertices, faces: the mesh, for occlusion.
+        views: the decoded views.
+        depth_tolerance: how far behind the nearest surface a point still counts as visible.
+        angle_power: a view's weight is the cosine of its angle to the normal to this power.
+        on_view: runs before each view; it may raise to stop (cancellation).
+        foreground_threshold: when given, a view lends no colour where it shows background (a point
+            seen at a grazing angle, or one the mesh has and the view has not).
+        min_confidence: a point counts as seen when its summed view weight is at least this share of
+            the median over the points any view sees. Points seen only at grazing angles get the
+            views' blend of object and background, and dividing out the light, weak on a side that
+            faces away from it, amplifies their error; ``filled`` gives them a confident colour.
+    """
     total = np.zeros((len(points), 3))
     weight_sum = np.zeros(len(points))
     # n.(c - p) and |c - p| from dot products with the camera position c: no (N, 3) temporaries per view
@@ -204,13 +221,24 @@ def backproject(points: np.ndarray, normals: np.ndarray, vertices: np.ndarray, f
         total[lends] += weight[:, None] * sample_pixels(view.image, xy[visible])
         weight_sum[lends] += weight
     seen = weight_sum > 1e-6
+    if min_confidence > 0 and seen.any():
+        seen &= weight_sum >= min_confidence * np.median(weight_sum[seen])
     colours = np.zeros((len(points), 3))
     colours[seen] = total[seen] / weight_sum[seen, None]
-    if seen.any() and not seen.all():
-        sources = fill_sources(seen)
-        _, nearest = cKDTree(points[sources]).query(points[~seen])
-        colours[~seen] = colours[sources][nearest]
     return np.clip(colours, 0, 1), seen
+
+
+def filled(points: np.ndarray, colours: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """``colours`` (N, 3) of surface ``points`` (N, 3) with every point not ``seen`` given the colour
+    of the nearest of the ``fill_sources``. Fill albedo rather than shaded colour: an unseen underside
+    faces away from the light its neighbours were seen under."""
+    if not seen.any() or seen.all():
+        return colours
+    sources = fill_sources(seen)
+    _, nearest = cKDTree(points[sources]).query(points[~seen])
+    colours = colours.copy()
+    colours[~seen] = colours[sources][nearest]
+    return colours
 
 
 def fill_sources(seen: np.ndarray) -> np.ndarray:

@@ -13,10 +13,10 @@ import torch
 import trimesh
 
 from .cameras import Camera, CameraConvention, orbit_camera
-from .colour import DecodedView
+from .colour import DecodedView, albedo
 from .prior import Prior, PriorMetadata
 from .progress import CancelToken, Progress, ProgressCallback
-from .raster import render_silhouette
+from .raster import Lighting, render_silhouette
 
 TINY_VOCABULARY = ["a", "an", "of", "red", "green", "blue", "yellow", "cube", "sphere", "chair", "house",
                    "front", "side", "back", "overhead", "view", ",", "photo", "ugly", "blurry"]
@@ -144,3 +144,18 @@ def ring_views(mesh: trimesh.Trimesh, elevations: Sequence[float] = (6.25, 18.75
     cameras = [orbit_camera(360.0 * k / azimuths, elevation, 2.2, 40.0)
                for elevation in elevations for k in range(azimuths)]
     return silhouette_views(mesh, cameras)
+
+
+def albedo_texels_mismatch(shaded: np.ndarray, delit: np.ndarray, normals: np.ndarray, lighting: Lighting,
+                           min_divided: float = 0.7) -> str | None:
+    """What is wrong, if anything, with ``delit`` as the albedo of ``shaded`` (both (N, 3) uint8
+    texels with unit ``normals`` (N, 3)): most texels must be their shaded colour with ``lighting``
+    divided out, within 8-bit rounding; the rest (seen at grazing angles or not at all) must have
+    copied the albedo of one of those. None when it holds."""
+    expected = albedo(shaded / 255.0, normals, lighting)
+    divided = np.abs(delit / 255.0 - expected).max(axis=1) < 4 / 255  # 8-bit rounding, over a shade of 0.4
+    if divided.mean() < min_divided:
+        return f"only {divided.mean():.1%} of the texels are their shaded colour divided by the light"
+    copied = set(map(tuple, delit[divided]))
+    strays = sum(tuple(texel) not in copied for texel in delit[~divided])
+    return f"{strays} texels neither divided nor copied from a divided one" if strays else None

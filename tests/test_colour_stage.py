@@ -17,6 +17,7 @@ from engine.colour import (
     albedo,
     backproject,
     fill_sources,
+    filled,
     foreground_mask,
     silhouette_mask,
 )
@@ -27,7 +28,7 @@ from engine.prompts import ViewPrompts
 from engine.raster import Lighting, render_silhouette
 from engine.refine import RefineConfig, refine_latents
 from engine.tasks import preset_config
-from engine.testing import tiny_components, tiny_metadata
+from engine.testing import albedo_texels_mismatch, tiny_components, tiny_metadata
 
 RED, WHITE = np.array([0.8, 0.1, 0.1]), np.ones(3)
 
@@ -88,8 +89,34 @@ def test_backprojection_takes_no_colour_from_pixels_that_show_background():
     masked, seen = backproject(points, normals, vertices, faces, views, depth_tolerance=0.03,
                                foreground_threshold=0.1)
     assert np.abs(plain - RED).max(axis=1).mean() > 0.05  # the rim's white leaks in without the mask
-    assert np.abs(masked - RED).max(axis=1).max() < 1e-6
-    assert 0.3 < seen.mean() < 1.0  # grazing points are unseen and took their neighbours' colour
+    assert 0.3 < seen.mean() < 1.0  # grazing points are unseen
+    assert np.abs(masked[seen] - RED).max(axis=1).max() < 1e-6
+    # and take their seen neighbours' colour
+    assert np.abs(filled(points, masked, seen) - RED).max(axis=1).max() < 1e-6
+
+
+def test_points_seen_only_at_grazing_angles_take_the_colour_of_well_seen_neighbours():
+    # A decoded object's outline blends into the background: here its outer two pixels are pale
+    # pink, which no foreground threshold can tell from a real pink.
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    vertices, faces, uvs = unwrap(sphere.vertices.astype(np.float32), sphere.faces.astype(np.int32), 512)
+    _, _, points, normals, _ = texel_surface_points(vertices, faces, uvs, 256)
+    views = sphere_views(0.3)
+    for view in views:
+        rim = (view.opacity > 0.5) & ~binary_erosion(view.opacity > 0.5, iterations=2)
+        view.image[rim] = (0.9, 0.6, 0.6)
+
+    def texture(min_confidence):
+        colours, seen = backproject(points, normals, vertices, faces, views, depth_tolerance=0.03,
+                                    foreground_threshold=0.1, min_confidence=min_confidence)
+        return filled(points, colours, seen), seen
+
+    every_view, _ = texture(0.0)
+    confident, seen = texture(0.5)
+    # Pale: more than half way from red to the rim's pink (0.5 off in green and blue).
+    assert np.mean(np.abs(every_view - RED).max(axis=1) > 0.25) > 0.1  # the poles came out pale
+    assert np.abs(confident - RED).max(axis=1).max() < 0.25
+    assert seen.mean() > 0.5
 
 
 def test_one_point_more_seen_changes_at_most_one_fill_source_of_a_bounded_few():
@@ -180,8 +207,7 @@ def test_albedo_texture_is_the_baked_colour_with_the_prior_lighting_divided_out(
     delit = generate("a red cube", lit_prior, preset_config("generate", "draft", config)).mesh
     assert np.array_equal(lit.vertices, delit.vertices)
     rows, cols, _, normals, _ = texel_surface_points(lit.vertices, lit.faces, lit.uvs, 512)
-    expected = albedo(lit.texture[rows, cols] / 255.0, normals, lighting)
-    assert np.abs(delit.texture[rows, cols] / 255.0 - expected).max() < 4 / 255  # 8-bit rounding, over 0.4
+    assert albedo_texels_mismatch(lit.texture[rows, cols], delit.texture[rows, cols], normals, lighting) is None
     assert (delit.texture[rows, cols].astype(int) >= lit.texture[rows, cols]).all()
 
 

@@ -7,7 +7,7 @@ import torch
 import trimesh
 
 from engine import Cancelled, CancelToken, generate, write_outputs
-from engine.colour import DecodedView, backproject
+from engine.colour import DecodedView, backproject, filled
 from engine.config import parse_assignments
 from engine.export import bake_texture, texel_surface_points
 from engine.raster import render_textured
@@ -117,6 +117,7 @@ def test_backprojection_recovers_the_colours_the_views_show():
         views.append(DecodedView(camera, image, alpha))
     _, _, points, normals, _ = texel_surface_points(vertices, faces, uvs, 256)
     colours, seen = backproject(points, normals, vertices, faces, views, depth_tolerance=0.03)
+    colours = filled(points, colours, seen)
     away_from_seam = np.abs(points[:, 0]) > 0.08
     assert seen.mean() > 0.8
     assert np.abs(colours[away_from_seam] - truth(points, normals)[away_from_seam]).mean() < 0.05

@@ -24,6 +24,7 @@ from ..colour import (
     albedo,
     backproject,
     decode_views,
+    filled,
     light_to_divide_out,
     view_fidelity,
 )
@@ -169,9 +170,10 @@ def baked_albedo(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, views
     """The texture (S, S, 3) uint8: each texel the weighted mean of the views' object pixels it
     projects to, with ``lighting`` (when given) divided out and its noise flattened."""
     def colour_fn(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
-        colours = backproject(points, normals, vertices, faces, views, tolerance, on_view=cancel.raise_if_cancelled,
-                              foreground_threshold=colour.foreground_threshold)[0]
-        return colour.flatten.apply(points, albedo(colours, normals, lighting), bound)
+        colours, seen = backproject(points, normals, vertices, faces, views, tolerance,
+                                    on_view=cancel.raise_if_cancelled, foreground_threshold=colour.foreground_threshold,
+                                    min_confidence=colour.min_confidence)
+        return colour.flatten.apply(points, filled(points, albedo(colours, normals, lighting), seen), bound)
 
     return bake_texture(vertices, faces, uvs, colour_fn, size=colour.texture_size)
 

@@ -28,6 +28,7 @@ from ..colour import (
     FlattenConfig,
     albedo,
     backproject,
+    filled,
     inside_colours,
     light_to_divide_out,
     view_fidelity,
@@ -326,12 +327,12 @@ def painted_texture(layout: UVLayout, views: list[DecodedView], config: PaintCol
             back, seen_back = backproject(points[hidden], -normals[hidden], layout.vertices, layout.faces, cleaned,
                                           tolerance, config.angle_power, on_view=progress.cancel.raise_if_cancelled)
             fill = np.flatnonzero(hidden)[seen_back]
-            colours[fill] = back[seen_back]
+            colours[fill], seen[fill] = back[seen_back], True
             normals[fill] *= -1  # the side the colour was seen from
             log.info("painted %d of %d unseen texels from their back side", len(fill), int(hidden.sum()))
         if lighting is None:
-            return colours
-        return config.flatten.apply(points, albedo(colours, normals, lighting), bound)
+            return filled(points, colours, seen)
+        return config.flatten.apply(points, filled(points, albedo(colours, normals, lighting), seen), bound)
 
     return bake_texture(layout.vertices, layout.faces, layout.uvs, colour_fn, size=config.texture_size)
 
