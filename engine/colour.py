@@ -75,11 +75,11 @@ class ColourConfig:
 
     def __post_init__(self) -> None:
         check_int("colour.view_azimuths", self.view_azimuths, 1, 64)
-        check_number("colour.min_confidence", self.min_confidence, 0, 1)
         check_int("colour.view_rings", self.view_rings, 1, 16)
         check_number("colour.foreground_threshold", self.foreground_threshold, 0, 1)
         check_int("colour.texture_size", self.texture_size, *TEXTURE_SIZE_RANGE)
         check_bool("colour.delight", self.delight, allow_none=True)
+        check_number("colour.min_confidence", self.min_confidence, 0, 1)
 
 
 @dataclass
